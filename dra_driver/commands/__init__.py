@@ -1,0 +1,1 @@
+"""One module per `dra-driver` subcommand; each exposes register(subparsers)."""

@@ -1,0 +1,1 @@
+"""Device health: one per-device state feeding the kubelet stream, taints and metrics."""

@@ -1,0 +1,115 @@
+"""The per-device health state every consumer reads.
+
+Producers (the NVML event thread, the degradation poller) write verdicts;
+consumers (the kubelet health stream, the slice publisher's taints, metrics)
+read one consistent snapshot and wait for the next change. Writers may call
+from any thread; waiting happens on the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Health(StrEnum):
+    UNKNOWN = "Unknown"
+    HEALTHY = "Healthy"
+    DEGRADED = "Degraded"  # still usable; reported to the kubelet as Healthy with a message
+    UNHEALTHY = "Unhealthy"
+
+
+@dataclass(frozen=True)
+class DeviceHealth:
+    device: str  # the published device name
+    health: Health
+    message: str = ""
+    reason: str = ""  # short machine-readable cause, e.g. "xid-79", "gpu-lost"
+    since: float = 0.0  # unix time of the last change
+
+
+class HealthBoard:
+    """Thread-safe map of device name -> DeviceHealth with change notification."""
+
+    def __init__(self, devices: Iterable[str] = (), initial: Health = Health.HEALTHY) -> None:
+        self._lock = threading.Lock()
+        now = time.time()
+        self._state: dict[str, DeviceHealth] = {
+            name: DeviceHealth(name, initial, since=now) for name in devices
+        }
+        self._version = 0
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def snapshot(self) -> list[DeviceHealth]:
+        """Every device, sorted by name."""
+        with self._lock:
+            return [self._state[k] for k in sorted(self._state)]
+
+    def get(self, device: str) -> DeviceHealth | None:
+        with self._lock:
+            return self._state.get(device)
+
+    def set_devices(self, devices: Iterable[str], initial: Health = Health.HEALTHY) -> None:
+        """Follow an inventory change: add new devices, drop vanished ones."""
+        now = time.time()
+        wanted = set(devices)
+        with self._lock:
+            changed = wanted != set(self._state)
+            for name in wanted - set(self._state):
+                self._state[name] = DeviceHealth(name, initial, since=now)
+            for name in set(self._state) - wanted:
+                del self._state[name]
+        if changed:
+            self._bump()
+
+    def update(self, verdicts: Iterable[DeviceHealth]) -> bool:
+        """Apply verdicts; returns True (and wakes waiters) if anything changed."""
+        changed = False
+        now = time.time()
+        with self._lock:
+            for v in verdicts:
+                old = self._state.get(v.device)
+                if old is None:
+                    continue
+                if (old.health, old.message, old.reason) != (v.health, v.message, v.reason):
+                    self._state[v.device] = DeviceHealth(
+                        v.device, v.health, v.message, v.reason, v.since or now
+                    )
+                    changed = True
+        if changed:
+            self._bump()
+        return changed
+
+    def _bump(self) -> None:
+        with self._lock:
+            self._version += 1
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
+
+    async def wait_changed(self, since_version: int, timeout: float | None = None) -> int:
+        """Wait until version > since_version (or timeout); return the current version."""
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        with self._lock:
+            if self._version > since_version:
+                return self._version
+            self._waiters.append((loop, event))
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                if (loop, event) in self._waiters:
+                    self._waiters.remove((loop, event))
+        return self._version

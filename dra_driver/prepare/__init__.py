@@ -1,0 +1,1 @@
+"""Claim preparation: ResourceClaims in, CDI specs and checkpointed state out."""

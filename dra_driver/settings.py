@@ -1,0 +1,124 @@
+"""Process settings: every flag has an environment-variable twin and a default.
+
+Kept in one place so the CLI, the plugin process and the tests agree on what
+each knob is called and where files live on a kubelet host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DRIVER = "gpu.nvidia.com"
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
+
+
+@dataclass(frozen=True)
+class Settings:
+    driver_name: str = DEFAULT_DRIVER
+    node_name: str = "localhost"
+    plugins_dir: Path = Path("/var/lib/kubelet/plugins")
+    registry_dir: Path = Path("/var/lib/kubelet/plugins_registry")
+    cdi_root: Path = Path("/var/run/cdi")
+    state_dir: Path | None = None  # default: <plugins_dir>/<driver_name>
+    nvml_library: str | None = None  # default: libnvidia-ml.so.1 from the loader path
+    nvml_backend: str = "auto"  # auto | cffi | nvidia-ml-py
+    kubeconfig: str | None = None
+    dev_root: Path = Path("/")  # host root where /dev lives (tests use a temp tree)
+    proc_root: Path = Path("/proc")
+    sys_root: Path = Path("/sys")
+    driver_root: Path = Path("/")  # where the NVIDIA driver's files are on the host
+    health: bool = True
+    log_level: str = "INFO"
+
+    @property
+    def plugin_dir(self) -> Path:
+        """This driver's own directory under the kubelet plugins dir."""
+        return self.plugins_dir / self.driver_name
+
+    @property
+    def dra_socket(self) -> Path:
+        return self.plugin_dir / "dra.sock"
+
+    @property
+    def registration_socket(self) -> Path:
+        return self.registry_dir / f"{self.driver_name}-reg.sock"
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir if self.state_dir is not None else self.plugin_dir
+
+
+def _env(name: str, default: str | None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every common flag; defaults come from the environment, then Settings."""
+    d = Settings()
+    parser.add_argument("--driver-name", default=_env("DRIVER_NAME", d.driver_name))
+    parser.add_argument("--node-name", default=_env("NODE_NAME", d.node_name))
+    parser.add_argument(
+        "--plugins-dir", default=_env("KUBELET_PLUGINS_DIRECTORY_PATH", str(d.plugins_dir))
+    )
+    parser.add_argument(
+        "--registry-dir", default=_env("KUBELET_REGISTRAR_DIRECTORY_PATH", str(d.registry_dir))
+    )
+    parser.add_argument("--cdi-root", default=_env("CDI_ROOT", str(d.cdi_root)))
+    parser.add_argument("--state-dir", default=_env("STATE_DIR", None))
+    parser.add_argument(
+        "--nvml-library",
+        default=_env("NVML_LIBRARY", None),
+        help="path of libnvidia-ml.so.1 to load (env NVML_LIBRARY)",
+    )
+    parser.add_argument(
+        "--nvml-backend",
+        choices=["auto", "cffi", "nvidia-ml-py"],
+        default=_env("NVML_BACKEND", d.nvml_backend),
+    )
+    parser.add_argument("--kubeconfig", default=_env("KUBECONFIG", None))
+    parser.add_argument("--dev-root", default=_env("DEV_ROOT", str(d.dev_root)))
+    parser.add_argument("--proc-root", default=_env("PROC_ROOT", str(d.proc_root)))
+    parser.add_argument("--sys-root", default=_env("SYS_ROOT", str(d.sys_root)))
+    parser.add_argument("--driver-root", default=_env("NVIDIA_DRIVER_ROOT", str(d.driver_root)))
+    parser.add_argument(
+        "--health",
+        action=argparse.BooleanOptionalAction,
+        default=_env("DEVICE_HEALTH", "true") not in ("0", "false", "no"),
+    )
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
+
+
+def from_args(ns: argparse.Namespace) -> Settings:
+    return Settings(
+        driver_name=ns.driver_name,
+        node_name=ns.node_name,
+        plugins_dir=Path(ns.plugins_dir).absolute(),
+        registry_dir=Path(ns.registry_dir).absolute(),
+        cdi_root=Path(ns.cdi_root).absolute(),
+        state_dir=Path(ns.state_dir).absolute() if ns.state_dir else None,
+        nvml_library=ns.nvml_library,
+        nvml_backend=ns.nvml_backend,
+        kubeconfig=ns.kubeconfig,
+        dev_root=Path(ns.dev_root),
+        proc_root=Path(ns.proc_root),
+        sys_root=Path(ns.sys_root),
+        driver_root=Path(ns.driver_root),
+        health=ns.health,
+        log_level=ns.log_level,
+    )
+
+
+def check_socket_paths(settings: Settings) -> list[str]:
+    """Socket paths longer than the unix limit, as messages (empty when fine)."""
+    out = []
+    for path in (settings.dra_socket, settings.registration_socket):
+        n = len(os.fsencode(str(path)))
+        if n > UNIX_PATH_MAX:
+            out.append(
+                f"socket path {path} is {n} bytes; unix sockets allow at most {UNIX_PATH_MAX}"
+            )
+    return out

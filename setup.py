@@ -1,0 +1,29 @@
+"""Native parts of the build: the cffi NVML fast path and the fake libnvidia-ml.
+
+Metadata lives in pyproject.toml; this file only adds what setuptools cannot
+declare statically (compiled code and the nvml.h location).
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import Extension, setup
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "native"))
+from nvml_headers import include_dir  # noqa: E402
+
+fake_nvml = Extension(
+    # Not a Python module: a plain shared library exporting the NVML C ABI,
+    # built through setuptools so `pip install` places it inside the package.
+    "dra_driver.testing._fakenvml",
+    sources=sorted(glob.glob("native/fakenvml/*.c")) + ["native/third_party/cjson/cJSON.c"],
+    include_dirs=[include_dir(), "native/fakenvml", "native/third_party/cjson"],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-fvisibility=default"],
+    extra_link_args=["-Wl,-soname,libnvidia-ml.so.1", "-lpthread"],
+)
+
+setup(
+    ext_modules=[fake_nvml],
+    cffi_modules=["native/build_fastpath.py:ffibuilder"],
+)
