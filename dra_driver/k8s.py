@@ -1,0 +1,48 @@
+"""API server access through the official kubernetes client.
+
+One place decides how the driver finds its API server (in-cluster service
+account, or a kubeconfig by flag/env), so the publisher and the preparer
+share one configured ApiClient. Calls through it block: run them with
+asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from kubernetes import client, config
+
+log = logging.getLogger(__name__)
+
+RESOURCE_GROUP = "resource.k8s.io"
+RESOURCE_VERSION = "v1"
+
+
+class NoApiServerConfigError(RuntimeError):
+    """Neither a kubeconfig nor an in-cluster service account is available."""
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """Build an ApiClient from a kubeconfig path, or from the in-cluster environment."""
+    cfg = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=cfg)
+    else:
+        raise NoApiServerConfigError(
+            "no API server: pass --kubeconfig (env KUBECONFIG) or run in a pod"
+        )
+    # Fail fast on a dead API server instead of hanging the caller's worker
+    # thread; the retry policy belongs to the caller.
+    cfg.retries = 0
+    api = client.ApiClient(cfg)
+    api.user_agent = "dra-driver-gpu/0.1"
+    log.debug("API server %s", cfg.host)
+    return api
+
+
+def request_timeout(seconds: float = 10.0) -> tuple[float, float]:
+    """(connect, read) timeout for one request through the generated client."""
+    return (min(seconds, 5.0), seconds)

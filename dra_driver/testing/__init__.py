@@ -1,0 +1,1 @@
+"""Test and demo tooling shipped with the driver: fake NVML, API server double, kubelet client."""
