@@ -1,0 +1,601 @@
+"""The fake libnvidia-ml.so.1: locate it, describe fake nodes, inject faults.
+
+The native library (``native/fakenvml``, built by ``setup.py`` into
+``dra_driver/testing/_fakenvml.cpython-*.so`` with soname ``libnvidia-ml.so.1``)
+exports the real NVML C ABI for the calls this driver uses, so our cffi fast
+path and nvidia-ml-py both run unchanged against it.  It is a plain C library,
+not a Python module: never import ``dra_driver.testing._fakenvml``.
+
+Environment (read by the library at the ``nvmlInit`` that takes its reference
+count from 0 to 1):
+
+``FAKE_NVML_TOPOLOGY``
+    A topology file path, or the name of a shipped one (``small`` when unset;
+    see ``python -m dra_driver.testing.fakenvml topologies``).
+``FAKE_NVML_FAULTS``
+    The fault log path.  Default: ``$FAKE_NVML_STATE_DIR/<topology name>.faults.jsonl``,
+    with ``FAKE_NVML_STATE_DIR`` defaulting to ``/tmp/fakenvml-<uid>``.  Give each
+    simulated node (and each test) its own log.
+
+An invalid topology makes ``nvmlInit`` fail with ``NVML_ERROR_UNKNOWN`` and
+prints the reason (file, element, problem) to stderr once.
+
+Topology format (JSON object; unknown fields are errors)::
+
+    name                  str, required: also names the default fault log
+    description           str, optional
+    driver_version        str, required, e.g. "550.54.15" (nvmlSystemGetDriverVersion)
+    nvml_version          str, optional, default "<cuda major>.<driver_version>"
+    cuda_driver_version   int, required, e.g. 12040 (nvmlSystemGetCudaDriverVersion)
+    models                object: model key -> product description
+        name                     str, the product name (nvmlDeviceGetName)
+        brand                    "NVIDIA" | "Tesla" | "Quadro" | "GeForce" | "Titan" |
+                                 "NVS" | "Quadro RTX" | "NVIDIA RTX" | NVML_BRAND_* int
+        architecture             "Kepler" ... "Hopper" | "Blackwell" | NVML_DEVICE_ARCH_* int
+        cuda_compute_capability  "9.0"
+        memory_mib               int, total memory;  memory_reserved_mib int, optional
+        multiprocessors          int
+        pci_device_id            "0x233010DE" (device id << 16 | vendor id)
+        pci_subsystem_id         optional, same form
+        pcie_max_link_width      int
+        features                 optional {ecc, row_remapping, retired_pages, temperature}
+                                 booleans; false -> NVML_ERROR_NOT_SUPPORTED for that query
+                                 (defaults: true, true, false, true)
+        supported_events         optional list of nvmlEventType names without the prefix
+                                 (default: XidCriticalError, PState, Clock,
+                                 GpuUnavailableError, and the two ECC events when ecc)
+        mig                      optional; present = MIG-capable
+            max_devices          int (7 on A100/H100)
+            memory_slices        int (8 on A100/H100)
+            profiles             list of GPU instance profiles:
+                index            NVML_GPU_INSTANCE_PROFILE_* (0 = 1 slice, 7 = 1 slice rev1 ...)
+                id               the device's profile id (19 for 1g.10gb on H100)
+                name             as NVML reports it, e.g. "MIG 1g.10gb"
+                slices, instances, multiprocessors, copy_engines, decoders, encoders,
+                jpeg, ofa, memory_mib        ints, as in nvmlGpuInstanceProfileInfo_v2_t
+                placement_size   memory slices one instance occupies
+                placements       possible start slices
+    gpus                  list in NVML index order:
+        model             a key of models
+        minor             int, /dev/nvidia<minor>
+        uuid              "GPU-..."
+        serial            str, optional
+        pci_bus_id        "00000000:17:00.0"
+        pcie_link_width   int, optional current width (default: the maximum)
+        temperature       int, optional, degrees C (default 35)
+        clocks_event_reasons  int, optional default reasons mask (default 0)
+        mig               optional, only for MIG-capable models:
+            current, pending  0 | 1
+            devices       list of MIG devices (one compute instance each):
+                profile_id       a profile id of the model
+                placement_start  one of that profile's placements
+                gi_id            GPU instance id, unique per GPU
+                ci_id            compute instance id, default 0
+                uuid             "MIG-..."
+
+Load-time checks: unknown models/profiles, placements that overlap or are not
+offered by the profile, MIG devices on a GPU with MIG disabled, duplicate
+minors/UUIDs/bus ids/GI ids.
+
+Fault log (the channel between an injecting process and every process using
+the library): append-only JSON lines, one object per fault, each appended with
+a single ``write`` on an ``O_APPEND`` descriptor, after which the writer
+stores the log's new size (8 bytes, little endian) at offset 0 of the sidecar
+``<log>.gen``.  Readers map that sidecar and check it on every NVML call (one
+memory load), so a record is visible to the next call in any process; a writer
+that skips the sidecar is still noticed within 100 ms, and at once by an event
+wait.  Fields: ``kind`` and the
+target ``gpu`` (its UUID), plus per kind::
+
+    xid            xid, optional gi and ci    -> nvmlEventTypeXidCriticalError
+    lost           -                          -> NVML_ERROR_GPU_IS_LOST from every call on
+                                                 the GPU and its MIG devices; events Xid 79
+                                                 and GpuUnavailableError; then one
+                                                 NVML_ERROR_GPU_IS_LOST from the event wait
+    ecc            corrected, uncorrected     -> volatile and aggregate counts grow;
+                                                 Single/DoubleBitEccError events
+    throttle       reasons (mask)             -> nvmlDeviceGetCurrentClocksEventReasons
+    pcie           value (width)              -> nvmlDeviceGetCurrPcieLinkWidth
+    remap          pending, failure (bools, absent = unchanged), corrected,
+                   uncorrected (rows added)   -> nvmlDeviceGetRemappedRows
+    retired_pages  pending (bool, default true) -> nvmlDeviceGetRetiredPagesPendingStatus
+    temperature    value (degrees C)          -> nvmlDeviceGetTemperature
+    recover        gpu optional (absent = all GPUs): back to topology defaults, except
+                   aggregate ECC counts (kept in the infoROM across a reset)
+
+Every process folds the whole log into its state at init and then any new
+complete lines as they appear, so persistent faults apply to
+all processes; each event set delivers the events appended after it registered
+a GPU, once.  A blocked ``nvmlEventSetWait`` is woken through inotify within
+milliseconds of an append.
+
+Command line::
+
+    python -m dra_driver.testing.fakenvml library
+    python -m dra_driver.testing.fakenvml topologies
+    python -m dra_driver.testing.fakenvml inject [--topology T] [--faults PATH] KIND ...
+        xid --gpu N --xid 79 [--gi G [--ci C]]
+        lost --gpu N
+        ecc --gpu N [--corrected K] [--uncorrected K]
+        throttle --gpu N --reasons MASK|NAME[,NAME...]   (names: see THROTTLE_REASONS)
+        pcie --gpu N --width W
+        remap --gpu N [--pending | --no-pending] [--failure | --no-failure]
+              [--corrected-rows K] [--uncorrected-rows K]
+        retired-pages --gpu N [--clear]
+        temperature --gpu N --celsius T
+        recover [--gpu N]
+
+``--topology``/``--faults`` default to ``FAKE_NVML_TOPOLOGY``/``FAKE_NVML_FAULTS``
+(resolved as the library does), so the injector and the driver agree by default.
+
+Using the fake from nvidia-ml-py: pynvml loads ``CDLL("libnvidia-ml.so.1")``;
+:func:`load_into_pynvml` instead installs ``CDLL(library_path())`` as the
+module's library before ``pynvml.nvmlInit()``.  A C client may equally
+``dlopen(library_path())`` (or preload it with ``RTLD_GLOBAL``: its soname is
+``libnvidia-ml.so.1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import os
+import struct
+import sys
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ENV_TOPOLOGY = "FAKE_NVML_TOPOLOGY"
+ENV_FAULTS = "FAKE_NVML_FAULTS"
+ENV_STATE_DIR = "FAKE_NVML_STATE_DIR"
+DEFAULT_TOPOLOGY = "small"
+LIBRARY_MODULE = "dra_driver.testing._fakenvml"
+TOPOLOGIES_DIR = Path(__file__).resolve().parent / "topologies"
+
+# nvmlClocksEventReason* bits (nvml.h), by the names the CLI accepts.
+THROTTLE_REASONS: dict[str, int] = {
+    "gpu_idle": 0x1,
+    "applications_clocks_setting": 0x2,
+    "sw_power_cap": 0x4,
+    "hw_slowdown": 0x8,
+    "sync_boost": 0x10,
+    "sw_thermal_slowdown": 0x20,
+    "hw_thermal_slowdown": 0x40,
+    "hw_power_brake_slowdown": 0x80,
+    "display_clock_setting": 0x100,
+}
+
+
+class FakeNvmlError(Exception):
+    """The fake library is missing, or a topology or fault request is invalid."""
+
+
+def library_path() -> str:
+    """Path of the built fake libnvidia-ml (located without importing it)."""
+    spec = importlib.util.find_spec(LIBRARY_MODULE)
+    if spec is None or spec.origin is None or not os.path.isfile(spec.origin):
+        raise FakeNvmlError(
+            "the fake NVML library is not built: run "
+            "`python setup.py build_ext --inplace` (or install the package)"
+        )
+    return spec.origin
+
+
+def topology_names() -> list[str]:
+    """Names of the topologies shipped with the package."""
+    return sorted(p.stem for p in TOPOLOGIES_DIR.glob("*.json"))
+
+
+def topology_path(spec: str | os.PathLike[str]) -> Path:
+    """Resolve a topology name or path exactly as the library does."""
+    text = os.fspath(spec)
+    if "/" in text or text.endswith(".json"):
+        return Path(text)
+    if text not in topology_names():
+        raise FakeNvmlError(f"unknown topology {text!r}; shipped: {', '.join(topology_names())}")
+    return TOPOLOGIES_DIR / f"{text}.json"
+
+
+@dataclass(frozen=True)
+class TopologyMig:
+    """One MIG device (GPU instance + its compute instance) of a topology."""
+
+    profile_id: int
+    placement_start: int
+    gi_id: int
+    ci_id: int
+    uuid: str
+
+
+@dataclass(frozen=True)
+class TopologyGpu:
+    """The parts of a topology GPU that fault injection and tests need."""
+
+    index: int
+    minor: int
+    uuid: str
+    model: str
+    name: str
+    pcie_max_link_width: int
+    mig_devices: tuple[TopologyMig, ...] = ()
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A parsed topology file; the library remains the authority on validity."""
+
+    name: str
+    path: Path
+    driver_version: str
+    cuda_driver_version: int
+    gpus: tuple[TopologyGpu, ...]
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    def gpu(self, index: int) -> TopologyGpu:
+        if not 0 <= index < len(self.gpus):
+            raise FakeNvmlError(
+                f"topology {self.name} has GPUs 0..{len(self.gpus) - 1}, not {index}"
+            )
+        return self.gpus[index]
+
+
+def load_topology(spec: str | os.PathLike[str] | None = None) -> Topology:
+    """Parse a topology (default: $FAKE_NVML_TOPOLOGY, else "small")."""
+    path = topology_path(spec or os.environ.get(ENV_TOPOLOGY) or DEFAULT_TOPOLOGY)
+    try:
+        raw = json.loads(path.read_text())
+        models = raw["models"]
+        gpus = []
+        for index, g in enumerate(raw["gpus"]):
+            model = models[g["model"]]
+            migs = tuple(
+                TopologyMig(
+                    profile_id=int(d["profile_id"]),
+                    placement_start=int(d["placement_start"]),
+                    gi_id=int(d["gi_id"]),
+                    ci_id=int(d.get("ci_id", 0)),
+                    uuid=str(d["uuid"]),
+                )
+                for d in g.get("mig", {}).get("devices", [])
+            )
+            gpus.append(
+                TopologyGpu(
+                    index=index,
+                    minor=int(g["minor"]),
+                    uuid=str(g["uuid"]),
+                    model=str(g["model"]),
+                    name=str(model["name"]),
+                    pcie_max_link_width=int(model["pcie_max_link_width"]),
+                    mig_devices=migs,
+                )
+            )
+        return Topology(
+            name=str(raw["name"]),
+            path=path,
+            driver_version=str(raw["driver_version"]),
+            cuda_driver_version=int(raw["cuda_driver_version"]),
+            gpus=tuple(gpus),
+            raw=raw,
+        )
+    except OSError as exc:
+        raise FakeNvmlError(f"cannot read topology {path}: {exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FakeNvmlError(f"malformed topology {path}: {exc!r}") from exc
+
+
+def default_fault_log(topology_name: str, environ: Mapping[str, str] | None = None) -> Path:
+    """The fault log the library uses when FAKE_NVML_FAULTS is unset."""
+    env = os.environ if environ is None else environ
+    state = env.get(ENV_STATE_DIR) or f"/tmp/fakenvml-{os.getuid()}"
+    return Path(state) / f"{topology_name}.faults.jsonl"
+
+
+def parse_throttle_reasons(text: str) -> int:
+    """A mask ("0x48", "72") or comma-separated THROTTLE_REASONS names."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    mask = 0
+    for name in filter(None, (part.strip().lower() for part in text.split(","))):
+        if name not in THROTTLE_REASONS:
+            raise FakeNvmlError(
+                f"unknown throttle reason {name!r}; known: {', '.join(THROTTLE_REASONS)}"
+            )
+        mask |= THROTTLE_REASONS[name]
+    return mask
+
+
+class FaultInjector:
+    """Appends validated fault records to one topology instance's fault log."""
+
+    def __init__(self, topology: Topology, fault_log: Path) -> None:
+        self.topology = topology
+        self.fault_log = fault_log
+
+    def _append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        self.fault_log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.fault_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            # One write on O_APPEND: readers never see two records interleaved.
+            if os.write(fd, line) != len(line):
+                raise FakeNvmlError(f"short write to {self.fault_log}")
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        self._bump_generation(size)
+
+    def _bump_generation(self, size: int) -> None:
+        """Publish the new log size in the sidecar every reader maps.
+
+        Readers compare this word on each NVML call instead of stat()ing the
+        log, so the record is visible to the very next call in any process.
+        """
+        gen = self.fault_log.with_name(self.fault_log.name + ".gen")
+        fd = os.open(gen, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.pwrite(fd, struct.pack("<Q", size), 0)
+        finally:
+            os.close(fd)
+
+    def _gpu(self, index: int) -> TopologyGpu:
+        return self.topology.gpu(index)
+
+    def xid(self, gpu: int, xid: int, gi: int | None = None, ci: int | None = None) -> None:
+        """An XID on the whole GPU, or attributed to one MIG GPU/compute instance."""
+        g = self._gpu(gpu)
+        if xid < 0:
+            raise FakeNvmlError("an XID is a non-negative number")
+        record: dict[str, Any] = {"kind": "xid", "gpu": g.uuid, "xid": xid}
+        if ci is not None and gi is None:
+            raise FakeNvmlError("--ci needs --gi")
+        if gi is not None:
+            match = [m for m in g.mig_devices if m.gi_id == gi]
+            if not match:
+                known = sorted(m.gi_id for m in g.mig_devices) or "none"
+                raise FakeNvmlError(f"GPU {gpu} has no GPU instance {gi} (has: {known})")
+            ci = match[0].ci_id if ci is None else ci
+            if all(m.ci_id != ci for m in match):
+                raise FakeNvmlError(f"GPU {gpu} GI {gi} has no compute instance {ci}")
+            record.update(gi=gi, ci=ci)
+        self._append(record)
+
+    def lost(self, gpu: int) -> None:
+        """The GPU falls off the bus."""
+        self._append({"kind": "lost", "gpu": self._gpu(gpu).uuid})
+
+    def ecc(self, gpu: int, corrected: int = 0, uncorrected: int = 0) -> None:
+        """Add single-bit (corrected) and double-bit (uncorrected) ECC errors."""
+        if corrected < 0 or uncorrected < 0 or corrected + uncorrected == 0:
+            raise FakeNvmlError("give a positive --corrected and/or --uncorrected count")
+        self._append(
+            {
+                "kind": "ecc",
+                "gpu": self._gpu(gpu).uuid,
+                "corrected": corrected,
+                "uncorrected": uncorrected,
+            }
+        )
+
+    def throttle(self, gpu: int, reasons: int) -> None:
+        """Set the current clocks-event (throttle) reasons mask."""
+        if reasons < 0 or reasons >= 1 << 64:
+            raise FakeNvmlError("the reasons mask is a 64-bit unsigned value")
+        self._append({"kind": "throttle", "gpu": self._gpu(gpu).uuid, "reasons": reasons})
+
+    def pcie(self, gpu: int, width: int) -> None:
+        """Set the current PCIe link width (at most the GPU's maximum)."""
+        g = self._gpu(gpu)
+        if not 1 <= width <= g.pcie_max_link_width:
+            raise FakeNvmlError(f"GPU {gpu} link width must be 1..{g.pcie_max_link_width}")
+        self._append({"kind": "pcie", "gpu": g.uuid, "value": width})
+
+    def remap(
+        self,
+        gpu: int,
+        pending: bool | None = None,
+        failure: bool | None = None,
+        corrected_rows: int = 0,
+        uncorrected_rows: int = 0,
+    ) -> None:
+        """Row remapping: set pending/failure flags and/or add remapped rows."""
+        if corrected_rows < 0 or uncorrected_rows < 0:
+            raise FakeNvmlError("remapped row counts are non-negative")
+        record: dict[str, Any] = {
+            "kind": "remap",
+            "gpu": self._gpu(gpu).uuid,
+            "corrected": corrected_rows,
+            "uncorrected": uncorrected_rows,
+        }
+        if pending is not None:
+            record["pending"] = pending
+        if failure is not None:
+            record["failure"] = failure
+        self._append(record)
+
+    def retired_pages(self, gpu: int, pending: bool = True) -> None:
+        """Set (or clear) the retired-pages-pending flag (pre-Ampere GPUs)."""
+        self._append({"kind": "retired_pages", "gpu": self._gpu(gpu).uuid, "pending": pending})
+
+    def temperature(self, gpu: int, celsius: int) -> None:
+        """Set the GPU core temperature."""
+        if not 0 <= celsius <= 200:
+            raise FakeNvmlError("temperature must be 0..200 C")
+        self._append({"kind": "temperature", "gpu": self._gpu(gpu).uuid, "value": celsius})
+
+    def recover(self, gpu: int | None = None) -> None:
+        """Clear one GPU's faults (or every GPU's), as after a GPU reset."""
+        record: dict[str, Any] = {"kind": "recover"}
+        if gpu is not None:
+            record["gpu"] = self._gpu(gpu).uuid
+        self._append(record)
+
+
+@dataclass
+class FakeNode:
+    """One simulated node: a topology plus its own fault log.
+
+    ``env()`` gives the variables a driver process needs; ``apply_env`` sets
+    them in a mapping (``os.environ`` for the current process, before its
+    first nvmlInit).
+    """
+
+    topology: str | os.PathLike[str] = DEFAULT_TOPOLOGY
+    fault_log: Path | None = None
+    spec: Topology = field(init=False)
+    faults: FaultInjector = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.spec = load_topology(self.topology)
+        if self.fault_log is None:
+            self.fault_log = default_fault_log(self.spec.name)
+        self.fault_log = Path(self.fault_log)
+        self.faults = FaultInjector(self.spec, self.fault_log)
+
+    def env(self) -> dict[str, str]:
+        return {ENV_TOPOLOGY: str(self.spec.path), ENV_FAULTS: str(self.fault_log)}
+
+    def apply_env(self, environ: MutableMapping[str, str] | None = None) -> None:
+        (os.environ if environ is None else environ).update(self.env())
+
+    def reset_faults(self) -> None:
+        """Start from a clean log.  Only between runs: live readers refold it."""
+        assert self.fault_log is not None
+        self.fault_log.parent.mkdir(parents=True, exist_ok=True)
+        self.fault_log.write_bytes(b"")
+        self.faults._bump_generation(0)
+
+
+def load_into_pynvml() -> ModuleType:
+    """Point nvidia-ml-py at the fake library; returns the pynvml module.
+
+    Call before ``pynvml.nvmlInit()``.  Swapping libraries under a pynvml that
+    is initialized against another one is refused, since its handles would
+    belong to the old library.
+    """
+    import pynvml
+
+    lib = ctypes.CDLL(library_path())
+    with pynvml.libLoadLock:
+        current = pynvml.nvmlLib
+        swapping = current is not None and getattr(current, "_name", None) != lib._name
+        if swapping and pynvml._nvmlLib_refcount > 0:
+            raise FakeNvmlError("pynvml is initialized against another NVML library")
+        pynvml.nvmlLib = lib
+        # pynvml caches function pointers by name: drop any from another library.
+        pynvml._nvmlGetFunctionPointer_cache.clear()
+    module: ModuleType = pynvml
+    return module
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dra_driver.testing.fakenvml",
+        description="The fake libnvidia-ml: library path, shipped topologies, fault injection.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("library", help="print the path of the built fake libnvidia-ml.so.1")
+    sub.add_parser("topologies", help="list shipped topologies")
+    inject = sub.add_parser(
+        "inject",
+        help="append a fault to a fake node's fault log",
+        description="Append a fault record; every process using the fault log sees it.",
+    )
+    inject.add_argument(
+        "--topology",
+        help=f"topology name or path (default: ${ENV_TOPOLOGY}, else {DEFAULT_TOPOLOGY})",
+    )
+    inject.add_argument(
+        "--faults",
+        type=Path,
+        help=f"fault log (default: ${ENV_FAULTS}, else derived from the topology name)",
+    )
+    kinds = inject.add_subparsers(dest="kind", required=True)
+
+    def kind(name: str, text: str, gpu_required: bool = True) -> argparse.ArgumentParser:
+        p = kinds.add_parser(name, help=text, description=text)
+        p.add_argument("--gpu", type=int, required=gpu_required, help="GPU index")
+        return p
+
+    p = kind("xid", "an XID error event (optionally scoped to a MIG GI/CI)")
+    p.add_argument("--xid", type=int, required=True, help="XID number, e.g. 79, 48, 94")
+    p.add_argument("--gi", type=int, help="GPU instance id of the MIG device it hits")
+    p.add_argument("--ci", type=int, help="compute instance id (default: the GI's only CI)")
+    kind("lost", "the GPU falls off the bus (GPU_IS_LOST from then on)")
+    p = kind("ecc", "ECC errors: SBE (corrected) and/or DBE (uncorrected)")
+    p.add_argument("--corrected", type=int, default=0, help="single-bit errors to add")
+    p.add_argument("--uncorrected", type=int, default=0, help="double-bit errors to add")
+    p = kind("throttle", "set the clocks-event (throttle) reasons")
+    p.add_argument(
+        "--reasons",
+        required=True,
+        help=f"mask (0x48) or names ({', '.join(THROTTLE_REASONS)}); 0 clears",
+    )
+    p = kind("pcie", "set the current PCIe link width")
+    p.add_argument("--width", type=int, required=True, help="lanes, e.g. 8")
+    p = kind("remap", "row remapping state")
+    p.add_argument("--pending", action=argparse.BooleanOptionalAction, help="remap pending")
+    p.add_argument("--failure", action=argparse.BooleanOptionalAction, help="remap failed")
+    p.add_argument("--corrected-rows", type=int, default=0, help="rows remapped (correctable)")
+    p.add_argument("--uncorrected-rows", type=int, default=0, help="rows remapped (uncorr.)")
+    p = kind("retired-pages", "set the retired-pages-pending flag (pre-Ampere GPUs)")
+    p.add_argument("--clear", action="store_true", help="clear the flag instead")
+    p = kind("temperature", "set the GPU temperature")
+    p.add_argument("--celsius", type=int, required=True)
+    kind("recover", "clear the faults of one GPU (--gpu) or of all", gpu_required=False)
+    return parser
+
+
+def _inject(args: argparse.Namespace) -> None:
+    topo = load_topology(args.topology)
+    log = args.faults or (
+        Path(os.environ[ENV_FAULTS]) if os.environ.get(ENV_FAULTS) else default_fault_log(topo.name)
+    )
+    inj = FaultInjector(topo, log)
+    k = args.kind
+    if k == "xid":
+        inj.xid(args.gpu, args.xid, args.gi, args.ci)
+    elif k == "lost":
+        inj.lost(args.gpu)
+    elif k == "ecc":
+        inj.ecc(args.gpu, args.corrected, args.uncorrected)
+    elif k == "throttle":
+        inj.throttle(args.gpu, parse_throttle_reasons(args.reasons))
+    elif k == "pcie":
+        inj.pcie(args.gpu, args.width)
+    elif k == "remap":
+        inj.remap(args.gpu, args.pending, args.failure, args.corrected_rows, args.uncorrected_rows)
+    elif k == "retired-pages":
+        inj.retired_pages(args.gpu, pending=not args.clear)
+    elif k == "temperature":
+        inj.temperature(args.gpu, args.celsius)
+    elif k == "recover":
+        inj.recover(args.gpu)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "library":
+            print(library_path())
+        elif args.command == "topologies":
+            for name in topology_names():
+                topo = load_topology(name)
+                desc = topo.raw.get("description", "")
+                print(f"{name}\t{len(topo.gpus)} GPUs\tdriver {topo.driver_version}\t{desc}")
+        else:
+            _inject(args)
+    except FakeNvmlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+/*
+ * Internal model of the fake libnvidia-ml.so.1.
+ *
+ * The library exports the real NVML C ABI (declared by nvml.h, so every struct
+ * and signature matches the real one) on top of this model: a topology loaded
+ * from a JSON file at nvmlInit, plus persistent fault state folded from an
+ * append-only JSON-lines fault log that other processes write to.
+ *
+ * Locking: one process-wide mutex (g_lock) guards the model and the fault
+ * records.  Every API call holds it only for its own short critical section;
+ * nvmlEventSetWait blocks in poll() with the lock released.
+ */
+#ifndef FAKENVML_H
+#define FAKENVML_H
+
+#define NVML_NO_UNVERSIONED_FUNC_DEFS 1
+#include <nvml.h>
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Only the NVML entry points are exported.  Everything declared from here on,
+ * the vendored cJSON calls included, binds inside the library, so a process
+ * that loads another cJSON (or defines a g_lock) cannot interpose on it. */
+#pragma GCC visibility push(hidden)
+#include "cJSON.h"
+
+#define FAKE_MAX_GPUS 32
+#define FAKE_MAX_PROFILES 24
+#define FAKE_MAX_PLACEMENTS 8
+#define FAKE_MAX_MIG_PER_GPU 8
+#define FAKE_MAX_MIG (FAKE_MAX_GPUS * FAKE_MAX_MIG_PER_GPU)
+#define FAKE_MAX_EVENT_SETS 64
+#define FAKE_NO_ID 0xFFFFFFFFu
+
+#define FAKE_STR 96
+
+/* A MIG GPU instance profile as NVML reports it (static per product). */
+typedef struct {
+    unsigned int index; /* NVML_GPU_INSTANCE_PROFILE_* */
+    unsigned int id;    /* device-specific profile id, e.g. 19 for 1g.10gb on H100 */
+    char name[FAKE_STR]; /* e.g. "MIG 1g.10gb" */
+    unsigned int slice_count;
+    unsigned int instance_count;
+    unsigned int multiprocessors;
+    unsigned int copy_engines;
+    unsigned int decoders;
+    unsigned int encoders;
+    unsigned int jpegs;
+    unsigned int ofas;
+    unsigned long long memory_mb;
+    unsigned int placement_size; /* memory slices one instance occupies */
+    unsigned int placement_count;
+    unsigned int placements[FAKE_MAX_PLACEMENTS]; /* possible start slices */
+} fake_profile;
+
+/* Mutable health state of one physical GPU (topology defaults + folded faults). */
+typedef struct {
+    int lost;
+    unsigned long long ecc_volatile[2];  /* [NVML_MEMORY_ERROR_TYPE_CORRECTED/UNCORRECTED] */
+    unsigned long long ecc_aggregate[2];
+    unsigned long long clocks_event_reasons;
+    unsigned int pcie_width_current;
+    unsigned int temperature;
+    unsigned int remap_corr, remap_unc;
+    int remap_pending, remap_failure;
+    int retired_pages_pending;
+    nvmlComputeMode_t compute_mode;
+} fake_health;
+
+struct fake_gpu;
+
+struct nvmlDevice_st {
+    int is_mig;
+    struct fake_gpu *gpu; /* physical GPU (itself for a physical handle) */
+    int mig_slot;         /* index into gpu->migs for a MIG handle */
+};
+
+struct nvmlGpuInstance_st {
+    struct fake_gpu *gpu;
+    int mig_slot;
+};
+
+struct nvmlComputeInstance_st {
+    struct fake_gpu *gpu;
+    int mig_slot;
+};
+
+typedef struct {
+    int profile; /* index into gpu->profiles */
+    unsigned int placement_start;
+    unsigned int gi_id;
+    unsigned int ci_id;
+    char uuid[FAKE_STR];
+} fake_mig;
+
+typedef struct fake_gpu {
+    unsigned int index;
+    unsigned int minor;
+    char uuid[FAKE_STR];
+    char name[FAKE_STR];
+    char serial[FAKE_STR];
+    nvmlBrandType_t brand;
+    unsigned int architecture;
+    int cc_major, cc_minor;
+    unsigned long long memory_total, memory_reserved;
+    unsigned int pci_domain, pci_bus, pci_device, pci_function;
+    unsigned int pci_device_id, pci_subsystem_id;
+    char bus_id[NVML_DEVICE_PCI_BUS_ID_BUFFER_SIZE];
+    char bus_id_legacy[NVML_DEVICE_PCI_BUS_ID_BUFFER_V2_SIZE];
+    unsigned int pcie_width_max;
+    unsigned int multiprocessors;
+    /* feature switches: 0 -> NVML_ERROR_NOT_SUPPORTED */
+    int has_ecc, has_row_remapping, has_retired_pages, has_temperature;
+    unsigned long long supported_events;
+    /* MIG */
+    int mig_capable;
+    unsigned int mig_current, mig_pending;
+    unsigned int max_mig_devices;
+    unsigned int memory_slices;
+    int profile_count;
+    fake_profile profiles[FAKE_MAX_PROFILES];
+    int mig_count;
+    fake_mig migs[FAKE_MAX_MIG_PER_GPU];
+    /* state */
+    fake_health defaults;
+    fake_health health;
+} fake_gpu;
+
+typedef struct {
+    char name[256];
+    char path[4096];
+    char driver_version[FAKE_STR];
+    char nvml_version[FAKE_STR];
+    int cuda_driver_version;
+    int gpu_count;
+} fake_system;
+
+/* Fault records folded from the fault log. */
+typedef enum {
+    FAULT_XID,
+    FAULT_LOST,
+    FAULT_ECC,
+    FAULT_THROTTLE,
+    FAULT_PCIE,
+    FAULT_REMAP,
+    FAULT_RETIRED_PAGES,
+    FAULT_TEMPERATURE,
+    FAULT_RECOVER,
+} fault_kind;
+
+typedef struct {
+    fault_kind kind;
+    int gpu; /* physical index, -1 = all (recover only) */
+    unsigned long long xid;
+    unsigned int gi, ci;
+    unsigned long long corrected, uncorrected;
+    unsigned long long reasons;
+    unsigned int value;
+    int pending, failure; /* -1: not given (leave unchanged) */
+} fault_record;
+
+/* Globals (defined in state.c). */
+extern pthread_mutex_t g_lock;
+extern int g_init_count;
+extern fake_system g_sys;
+extern fake_gpu g_gpus[FAKE_MAX_GPUS];
+extern struct nvmlDevice_st g_dev_handles[FAKE_MAX_GPUS];
+extern struct nvmlDevice_st g_mig_handles[FAKE_MAX_GPUS][FAKE_MAX_MIG_PER_GPU];
+extern struct nvmlGpuInstance_st g_gi_handles[FAKE_MAX_GPUS][FAKE_MAX_MIG_PER_GPU];
+extern struct nvmlComputeInstance_st g_ci_handles[FAKE_MAX_GPUS][FAKE_MAX_MIG_PER_GPU];
+extern char g_fault_path[4096];
+extern fault_record *g_records;
+extern size_t g_record_count;
+
+/* topology.c: load and validate; writes a reason into err on failure. */
+int fake_topology_load(char *err, size_t errlen);
+const char *fake_library_dir(void);
+
+/* faults.c */
+int fake_faults_open(char *err, size_t errlen);
+void fake_faults_close(void);
+void fake_faults_refresh(void);       /* g_lock held; cheap when nothing changed */
+void fake_faults_refresh_force(void); /* g_lock held; always checks the log */
+int fake_fault_events(const fault_record *rec, nvmlEventData_t *out, int max);
+
+/* events.c */
+void fake_events_reset(void);
+
+/* Handle helpers (state.c). */
+fake_gpu *fake_device_gpu(nvmlDevice_t dev);
+fake_mig *fake_device_mig(nvmlDevice_t dev);
+void fake_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#pragma GCC visibility pop
+
+#endif

@@ -1,0 +1,380 @@
+/*
+ * The fault channel: an append-only JSON-lines log shared by every process
+ * that uses the same topology instance.
+ *
+ * Writers (dra_driver.testing.fakenvml, any process) append one JSON object
+ * per line with O_APPEND.  Each process keeps its own read offset and folds
+ * complete new lines into (a) the persistent per-GPU health state and (b) an
+ * in-memory record list that event sets walk with their own cursors.  A log
+ * that shrank (was truncated or replaced) is refolded from the start.
+ *
+ * Cheap change detection: writers also store the log's new size into a
+ * sidecar "<log>.gen" (8 bytes, little endian) that every reader maps shared,
+ * so the per-call check is one memory load instead of an fstat().  Appends by
+ * a writer that does not update the sidecar are still noticed: the log is
+ * fstat()ed at least every FALLBACK_MS, and always before an event wait.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fakenvml.h"
+
+char g_fault_path[4096];
+fault_record *g_records;
+size_t g_record_count;
+static size_t g_record_cap;
+static int g_fault_fd = -1;
+static off_t g_fold_off;
+static const volatile uint64_t *g_gen_map; /* NULL: fstat on every call */
+static uint64_t g_gen_seen;
+static long long g_last_stat_ms;
+
+#define FALLBACK_MS 100
+
+static long long coarse_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Map the sidecar generation word; failure only costs speed. */
+static void map_generation(void) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s.gen", g_fault_path);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0) return;
+    if (fstat(fd, &st) == 0 && st.st_size < (off_t)sizeof(uint64_t) &&
+        ftruncate(fd, sizeof(uint64_t)) != 0) {
+        close(fd);
+        return;
+    }
+    void *map = mmap(NULL, sizeof(uint64_t), PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (map != MAP_FAILED) g_gen_map = map;
+}
+
+static int mkdirs(const char *dir) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
+    return 0;
+}
+
+int fake_faults_open(char *err, size_t errlen) {
+    const char *path = getenv("FAKE_NVML_FAULTS");
+    if (path != NULL && path[0] != '\0') {
+        snprintf(g_fault_path, sizeof g_fault_path, "%s", path);
+    } else {
+        const char *state = getenv("FAKE_NVML_STATE_DIR");
+        char def[PATH_MAX];
+        if (state == NULL || state[0] == '\0') {
+            snprintf(def, sizeof def, "/tmp/fakenvml-%u", (unsigned int)getuid());
+            state = def;
+        }
+        snprintf(g_fault_path, sizeof g_fault_path, "%.3800s/%.200s.faults.jsonl", state, g_sys.name);
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", g_fault_path);
+    char *slash = strrchr(dir, '/');
+    if (slash != NULL && slash != dir) {
+        *slash = '\0';
+        if (mkdirs(dir) != 0) {
+            snprintf(err, errlen, "cannot create fault log directory %s: %s", dir,
+                     strerror(errno));
+            return -1;
+        }
+    }
+    g_fault_fd = open(g_fault_path, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (g_fault_fd < 0) {
+        snprintf(err, errlen, "cannot open fault log %s: %s", g_fault_path, strerror(errno));
+        return -1;
+    }
+    g_fold_off = 0;
+    g_record_count = 0;
+    g_gen_map = NULL;
+    map_generation();
+    g_gen_seen = g_gen_map ? *g_gen_map : 0;
+    g_last_stat_ms = 0;
+    return 0;
+}
+
+void fake_faults_close(void) {
+    if (g_fault_fd >= 0) close(g_fault_fd);
+    g_fault_fd = -1;
+    if (g_gen_map != NULL) munmap((void *)g_gen_map, sizeof(uint64_t));
+    g_gen_map = NULL;
+    free(g_records);
+    g_records = NULL;
+    g_record_count = g_record_cap = 0;
+    g_fold_off = 0;
+}
+
+static void recover_gpu(fake_gpu *g) {
+    unsigned long long agg0 = g->health.ecc_aggregate[0], agg1 = g->health.ecc_aggregate[1];
+    nvmlComputeMode_t mode = g->health.compute_mode;
+    g->health = g->defaults;
+    /* Aggregate ECC counters live in the infoROM and survive a GPU reset. */
+    g->health.ecc_aggregate[0] = agg0;
+    g->health.ecc_aggregate[1] = agg1;
+    g->health.compute_mode = mode;
+}
+
+static void apply(const fault_record *r) {
+    if (r->kind == FAULT_RECOVER && r->gpu < 0) {
+        for (int i = 0; i < g_sys.gpu_count; i++) recover_gpu(&g_gpus[i]);
+        return;
+    }
+    fake_health *h = &g_gpus[r->gpu].health;
+    switch (r->kind) {
+    case FAULT_XID: break; /* an XID is an event, not a state */
+    case FAULT_LOST: h->lost = 1; break;
+    case FAULT_ECC:
+        h->ecc_volatile[NVML_MEMORY_ERROR_TYPE_CORRECTED] += r->corrected;
+        h->ecc_aggregate[NVML_MEMORY_ERROR_TYPE_CORRECTED] += r->corrected;
+        h->ecc_volatile[NVML_MEMORY_ERROR_TYPE_UNCORRECTED] += r->uncorrected;
+        h->ecc_aggregate[NVML_MEMORY_ERROR_TYPE_UNCORRECTED] += r->uncorrected;
+        break;
+    case FAULT_THROTTLE: h->clocks_event_reasons = r->reasons; break;
+    case FAULT_PCIE: h->pcie_width_current = r->value; break;
+    case FAULT_REMAP:
+        h->remap_corr += (unsigned int)r->corrected;
+        h->remap_unc += (unsigned int)r->uncorrected;
+        if (r->pending >= 0) h->remap_pending = r->pending;
+        if (r->failure >= 0) h->remap_failure = r->failure;
+        break;
+    case FAULT_RETIRED_PAGES: h->retired_pages_pending = r->pending != 0; break;
+    case FAULT_TEMPERATURE: h->temperature = r->value; break;
+    case FAULT_RECOVER: recover_gpu(&g_gpus[r->gpu]); break;
+    }
+}
+
+static int num_field(const cJSON *o, const char *key, unsigned long long def,
+                     unsigned long long *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (v == NULL) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0) return -1;
+    *out = (unsigned long long)v->valuedouble;
+    return 0;
+}
+
+static int bool_field(const cJSON *o, const char *key, int def, int *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (v == NULL) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsBool(v)) return -1;
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+/* Parse one log line; returns 0 and fills r, or -1 with a reason in why. */
+static int parse_line(const char *line, fault_record *r, char *why, size_t whylen) {
+    cJSON *o = cJSON_Parse(line);
+    int rc = -1;
+    if (!cJSON_IsObject(o)) {
+        snprintf(why, whylen, "not a JSON object");
+        goto out;
+    }
+    memset(r, 0, sizeof *r);
+    r->gi = r->ci = FAKE_NO_ID;
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(o, "kind");
+    const cJSON *gpu = cJSON_GetObjectItemCaseSensitive(o, "gpu");
+    static const struct {
+        const char *name;
+        fault_kind kind;
+    } kinds[] = {{"xid", FAULT_XID},         {"lost", FAULT_LOST},
+                 {"ecc", FAULT_ECC},         {"throttle", FAULT_THROTTLE},
+                 {"pcie", FAULT_PCIE},       {"remap", FAULT_REMAP},
+                 {"retired_pages", FAULT_RETIRED_PAGES},
+                 {"temperature", FAULT_TEMPERATURE},
+                 {"recover", FAULT_RECOVER}};
+    int found = 0;
+    for (size_t i = 0; cJSON_IsString(kind) && i < sizeof kinds / sizeof kinds[0]; i++) {
+        if (strcmp(kinds[i].name, kind->valuestring) == 0) {
+            r->kind = kinds[i].kind;
+            found = 1;
+        }
+    }
+    if (!found) {
+        snprintf(why, whylen, "unknown or missing \"kind\"");
+        goto out;
+    }
+    r->gpu = -1;
+    if (gpu != NULL) {
+        if (!cJSON_IsString(gpu)) {
+            snprintf(why, whylen, "\"gpu\" must be a GPU UUID string");
+            goto out;
+        }
+        for (int i = 0; i < g_sys.gpu_count; i++)
+            if (strcasecmp(g_gpus[i].uuid, gpu->valuestring) == 0) r->gpu = i;
+        if (r->gpu < 0) {
+            snprintf(why, whylen, "GPU %.100s is not in topology %.100s", gpu->valuestring, g_sys.name);
+            goto out;
+        }
+    } else if (r->kind != FAULT_RECOVER) {
+        snprintf(why, whylen, "missing \"gpu\"");
+        goto out;
+    }
+    unsigned long long gi, ci, val;
+    const fake_gpu *g = r->gpu >= 0 ? &g_gpus[r->gpu] : NULL;
+    int bad = num_field(o, "xid", 0, &r->xid) || num_field(o, "gi", FAKE_NO_ID, &gi) ||
+              num_field(o, "ci", FAKE_NO_ID, &ci) ||
+              num_field(o, "corrected", 0, &r->corrected) ||
+              num_field(o, "uncorrected", 0, &r->uncorrected) ||
+              num_field(o, "reasons", 0, &r->reasons) || num_field(o, "value", 0, &val) ||
+              bool_field(o, "pending", -1, &r->pending) ||
+              bool_field(o, "failure", -1, &r->failure);
+    if (bad) {
+        snprintf(why, whylen, "a numeric or boolean field has the wrong type");
+        goto out;
+    }
+    r->gi = (unsigned int)gi;
+    r->ci = (unsigned int)ci;
+    r->value = (unsigned int)val;
+    if (r->kind == FAULT_XID && r->ci != FAKE_NO_ID && r->gi == FAKE_NO_ID) {
+        snprintf(why, whylen, "\"ci\" given without \"gi\"");
+        goto out;
+    }
+    if (r->kind == FAULT_PCIE && (r->value == 0 || r->value > g->pcie_width_max)) {
+        snprintf(why, whylen, "PCIe width %u outside 1..%u", r->value, g->pcie_width_max);
+        goto out;
+    }
+    rc = 0;
+out:
+    cJSON_Delete(o);
+    return rc;
+}
+
+static void push_record(const fault_record *r) {
+    if (g_record_count == g_record_cap) {
+        size_t cap = g_record_cap ? g_record_cap * 2 : 64;
+        fault_record *bigger = realloc(g_records, cap * sizeof *bigger);
+        if (bigger == NULL) {
+            fake_warn("out of memory folding the fault log; record dropped");
+            return;
+        }
+        g_records = bigger;
+        g_record_cap = cap;
+    }
+    g_records[g_record_count++] = *r;
+}
+
+static void reset_state(void) {
+    for (int i = 0; i < g_sys.gpu_count; i++) g_gpus[i].health = g_gpus[i].defaults;
+    g_record_count = 0;
+    g_fold_off = 0;
+}
+
+void fake_faults_refresh(void) {
+    if (g_gen_map != NULL) {
+        uint64_t gen = __atomic_load_n(g_gen_map, __ATOMIC_ACQUIRE);
+        long long now = coarse_ms();
+        if (gen == g_gen_seen && now - g_last_stat_ms < FALLBACK_MS) return;
+        g_gen_seen = gen;
+        g_last_stat_ms = now;
+    }
+    fake_faults_refresh_force();
+}
+
+void fake_faults_refresh_force(void) {
+    struct stat st;
+    if (g_fault_fd < 0 || fstat(g_fault_fd, &st) != 0) return;
+    if (st.st_size == g_fold_off) return;
+    if (st.st_size < g_fold_off) {
+        fake_warn("fault log %s shrank; refolding from the start", g_fault_path);
+        reset_state();
+    }
+    size_t want = (size_t)(st.st_size - g_fold_off);
+    char *buf = malloc(want + 1);
+    if (buf == NULL) return;
+    ssize_t got = pread(g_fault_fd, buf, want, g_fold_off);
+    if (got <= 0) {
+        free(buf);
+        return;
+    }
+    buf[got] = '\0';
+    char *line = buf;
+    char *nl;
+    /* Only complete lines: a writer's partial line is picked up next time. */
+    while ((nl = memchr(line, '\n', (size_t)(buf + got - line))) != NULL) {
+        *nl = '\0';
+        off_t line_off = g_fold_off + (line - buf);
+        if (line[strspn(line, " \t\r")] != '\0') {
+            fault_record r;
+            char why[256];
+            if (parse_line(line, &r, why, sizeof why) == 0) {
+                apply(&r);
+                push_record(&r);
+            } else {
+                fake_warn("%s: ignoring record at byte %lld: %s", g_fault_path,
+                          (long long)line_off, why);
+            }
+        }
+        line = nl + 1;
+    }
+    g_fold_off += line - buf;
+    free(buf);
+}
+
+int fake_fault_events(const fault_record *r, nvmlEventData_t *out, int max) {
+    int n = 0;
+    nvmlEventData_t e;
+    if (r->gpu < 0 || max < 2) return 0;
+    e.device = &g_dev_handles[r->gpu];
+    e.gpuInstanceId = FAKE_NO_ID;
+    e.computeInstanceId = FAKE_NO_ID;
+    e.eventData = 0;
+    switch (r->kind) {
+    case FAULT_XID:
+        e.eventType = nvmlEventTypeXidCriticalError;
+        e.eventData = r->xid;
+        e.gpuInstanceId = r->gi;
+        e.computeInstanceId = r->ci;
+        out[n++] = e;
+        break;
+    case FAULT_LOST:
+        /* The kernel reports Xid 79 ("GPU has fallen off the bus") first. */
+        e.eventType = nvmlEventTypeXidCriticalError;
+        e.eventData = 79;
+        out[n++] = e;
+        e.eventType = nvmlEventTypeGpuUnavailableError;
+        e.eventData = 0;
+        out[n++] = e;
+        break;
+    case FAULT_ECC:
+        if (r->corrected) {
+            e.eventType = nvmlEventTypeSingleBitEccError;
+            out[n++] = e;
+        }
+        if (r->uncorrected) {
+            e.eventType = nvmlEventTypeDoubleBitEccError;
+            out[n++] = e;
+        }
+        break;
+    default: break;
+    }
+    return n;
+}
