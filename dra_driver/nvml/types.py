@@ -168,6 +168,7 @@ class NvmlBackend(Protocol):
     """The one interface to NVML. All calls block; callers run them off the event loop."""
 
     name: str  # "cffi" or "nvidia-ml-py"
+    info: BackendInfo  # how it was loaded: library path, fallback reason, missing symbols
 
     def inventory(self) -> NvmlSnapshot:
         """Read every GPU and MIG device. Per-device failures land in errors."""
