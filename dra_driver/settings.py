@@ -25,6 +25,7 @@ class Settings:
     state_dir: Path | None = None  # default: <plugins_dir>/<driver_name>
     nvml_library: str | None = None  # default: libnvidia-ml.so.1 from the loader path
     nvml_backend: str = "auto"  # auto | cffi | nvidia-ml-py
+    fake_nvml: str | None = None  # topology of the bundled fake NVML (demo/testing)
     kubeconfig: str | None = None
     dev_root: Path = Path("/")  # host root where /dev lives (tests use a temp tree)
     proc_root: Path = Path("/proc")
@@ -32,6 +33,7 @@ class Settings:
     driver_root: Path = Path("/")  # where the NVIDIA driver's files are on the host
     health: bool = True
     log_level: str = "INFO"
+    partitionable_devices: bool = False  # publish KEP-4815 counter sets + abstract MIG devices
 
     @property
     def plugin_dir(self) -> Path:
@@ -75,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="path of libnvidia-ml.so.1 to load (env NVML_LIBRARY)",
     )
     parser.add_argument(
+        "--fake-nvml",
+        metavar="TOPOLOGY",
+        default=_env("FAKE_NVML", None),
+        help="use the bundled fake NVML library with this topology (small, a100, dgx-h100, "
+        "or a topology file): a simulated node for demos and tests (env FAKE_NVML)",
+    )
+    parser.add_argument(
         "--nvml-backend",
         choices=["auto", "cffi", "nvidia-ml-py"],
         default=_env("NVML_BACKEND", d.nvml_backend),
@@ -90,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("DEVICE_HEALTH", "true") not in ("0", "false", "no"),
     )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
+    parser.add_argument(
+        "--partitionable-devices",
+        action=argparse.BooleanOptionalAction,
+        default=_env("PARTITIONABLE_DEVICES", "false") in ("1", "true", "yes"),
+        help="publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36)",
+    )
 
 
 def from_args(ns: argparse.Namespace) -> Settings:
@@ -100,7 +115,8 @@ def from_args(ns: argparse.Namespace) -> Settings:
         registry_dir=Path(ns.registry_dir).absolute(),
         cdi_root=Path(ns.cdi_root).absolute(),
         state_dir=Path(ns.state_dir).absolute() if ns.state_dir else None,
-        nvml_library=ns.nvml_library,
+        nvml_library=_fake_nvml_library(ns.fake_nvml) if ns.fake_nvml else ns.nvml_library,
+        fake_nvml=ns.fake_nvml,
         nvml_backend=ns.nvml_backend,
         kubeconfig=ns.kubeconfig,
         dev_root=Path(ns.dev_root),
@@ -109,7 +125,25 @@ def from_args(ns: argparse.Namespace) -> Settings:
         driver_root=Path(ns.driver_root),
         health=ns.health,
         log_level=ns.log_level,
+        partitionable_devices=getattr(ns, "partitionable_devices", False),
     )
+
+
+def _fake_nvml_library(topology: str) -> str:
+    """Point NVML at the bundled fake and select its topology.
+
+    The fake library reads FAKE_NVML_TOPOLOGY at nvmlInit, so the choice is
+    made through this process's environment (inherited by anything it spawns).
+    """
+    from .testing import fakenvml
+
+    try:
+        fakenvml.topology_path(topology)  # fail early, with the list of names, on a typo
+        library = fakenvml.library_path()
+    except fakenvml.FakeNvmlError as e:
+        raise SystemExit(f"dra-driver: --fake-nvml: {e}") from e
+    os.environ["FAKE_NVML_TOPOLOGY"] = topology
+    return library
 
 
 def check_socket_paths(settings: Settings) -> list[str]:
