@@ -1,0 +1,699 @@
+"""ClaimPreparer: NodePrepareResources / NodeUnprepareResources for GPUs and MIG devices.
+
+Per claim, prepare reads the ResourceClaim (off the event loop), checks its
+UID, resolves this driver's allocation results on this node's pool to
+inventory devices, applies the opaque configuration, writes the claim's CDI
+spec and records the claim in the checkpoint. The checkpoint is the source of
+truth and the arbiter between claims and between plugin instances:
+
+* a claim is recorded `prepare-started` (with its devices, which reserves
+  them) before any side effect, and `prepared` after all of them;
+* a prepared claim is answered again from the checkpoint alone, identically;
+* unprepare uses only the checkpoint (the claim may be gone from the API);
+* at start, `prepare-started` claims whose instance is dead are rolled back
+  (CDI spec deleted, entry dropped; the kubelet retries) and orphaned CDI
+  specs are swept.
+
+Concurrency: calls for different pods, and claims within one call, run in
+parallel on a small thread pool. A claim UID is handled by one task at a time;
+NVML settings take per-GPU locks; the checkpoint lock is held only for one
+short read-modify-write. No lock is held across the API read.
+
+Test hook: with DRA_DRIVER_TEST_CRASH_AT=after-started|after-cdi|before-prepared
+the process exits with os._exit(137) at that step of a prepare, so end-to-end
+tests can check recovery from a kill -9 at each point. Never set it in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ..health.board import Health, HealthBoard
+from ..inventory import Device, DeviceType, Inventory
+from ..nvml.errors import NvmlError
+from ..nvml.types import NvmlBackend
+from ..settings import Settings
+from .cdi import (
+    CLAIM_UID_RE,
+    CdiError,
+    CdiSpecs,
+    HostLayout,
+    InvalidClaimUid,
+    SpecDevice,
+    StagedSpec,
+    check_claim_uid,
+)
+from .checkpoint import (
+    CheckpointStore,
+    ClaimRecord,
+    ClaimState,
+    DeviceRecord,
+    LoadReport,
+    read_boot_id,
+)
+from .config import (
+    ConfigError,
+    GpuConfig,
+    OpaqueConfig,
+    SharingStrategy,
+    TimeSliceInterval,
+    base_request,
+    config_for,
+    decode_configs,
+)
+from .files import fsync_dir
+from .locks import InstanceRegistry, KeyedLocks
+from .sources import (
+    ApiClaimSource,
+    ClaimNotFound,
+    ClaimSource,
+    ClaimSourceError,
+    MemoryClaimSource,
+    NoApiClaimSource,
+)
+from .types import ClaimRef, PreparedDevice, PrepareResult, PreparerInfo, UnprepareResult
+
+__all__ = [
+    "CRASH_ENV",
+    "ApiClaimSource",
+    "ClaimError",
+    "ClaimNotFound",
+    "ClaimPreparer",
+    "ClaimSource",
+    "ClaimSourceError",
+    "MemoryClaimSource",
+    "NoApiClaimSource",
+]
+
+log = logging.getLogger(__name__)
+
+CRASH_ENV = "DRA_DRIVER_TEST_CRASH_AT"
+CRASH_POINTS = frozenset({"after-started", "after-cdi", "before-prepared"})
+COMPUTE_MODE_DEFAULT = 0  # NVML_COMPUTEMODE_DEFAULT
+
+
+class ClaimError(Exception):
+    """This claim cannot be prepared; the message goes to the kubelet verbatim."""
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One allocation result of ours, resolved to an inventory device."""
+
+    request: str
+    device: Device
+    gpu_uuid: str
+    admin: bool
+    share_id: str | None
+    config: OpaqueConfig | None
+
+
+@dataclass(frozen=True)
+class _Action:
+    """An NVML setting a claim's configuration asks for."""
+
+    gpu_uuid: str
+    compute_mode: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gpuUuid": self.gpu_uuid, "computeMode": self.compute_mode}
+
+
+def _ref_text(ref: ClaimRef) -> str:
+    return f"{ref.namespace}/{ref.name}:{ref.uid}"
+
+
+def _distinct(claims: Sequence[ClaimRef]) -> list[ClaimRef]:
+    seen: dict[str, ClaimRef] = {}
+    for c in claims:
+        seen.setdefault(c.uid, c)
+    return list(seen.values())
+
+
+def _answer(rec: ClaimRecord) -> tuple[PreparedDevice, ...]:
+    return tuple(
+        PreparedDevice(
+            request_names=d.request_names,
+            pool_name=d.pool_name,
+            device_name=d.device_name,
+            cdi_device_ids=d.cdi_device_ids,
+            share_id=d.share_id,
+        )
+        for d in rec.devices
+    )
+
+
+class ClaimPreparer:
+    """The Preparer the kubelet servicers call (see dra_driver/prepare/types.py)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        inventory: Callable[[], Inventory],
+        claims: ClaimSource,
+        health: HealthBoard | None,
+        nvml: NvmlBackend | None,
+        *,
+        workers: int = 16,
+    ) -> None:
+        self._settings = settings
+        self._inventory = inventory
+        self._claims = claims
+        self._health = health
+        self._nvml = nvml
+        state = settings.state_path
+        self._instances = InstanceRegistry(state / "instances")
+        self._host = HostLayout(
+            settings.dev_root, settings.proc_root, settings.driver_root, self._driver_version
+        )
+        self._cdi = CdiSpecs(
+            settings.cdi_root, settings.driver_name, self._host, owner=self._instances.id
+        )
+        self._store = CheckpointStore(
+            state,
+            read_boot_id(settings.proc_root),
+            rebuild=self._rebuild_from_cdi,
+            owner=self._instances.id,
+        )
+        self._gpu_locks = KeyedLocks()
+        self._claim_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="claim-prepare")
+        # File work that overlaps a claim's own checkpoint write (see _prepare_sync).
+        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="claim-io")
+        crash_at = os.environ.get(CRASH_ENV, "")
+        self._crash_at = crash_at if crash_at in CRASH_POINTS else ""
+        if crash_at and not self._crash_at:
+            log.warning("%s=%r is not one of %s; ignored", CRASH_ENV, crash_at, CRASH_POINTS)
+        self.load_report: LoadReport | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def info(self) -> PreparerInfo:
+        notes = [
+            f"checkpoint {self._store.path}",
+            f"CDI specs {self._cdi.root}/{self._cdi.prefix}<claim UID>.json",
+            f"instance {self._instances.id}",
+        ]
+        if self._crash_at:
+            notes.append(f"TEST HOOK: exits at {self._crash_at}")
+        return PreparerInfo(name="ClaimPreparer", notes=notes)
+
+    async def start(self) -> None:
+        """Load or repair the checkpoint, roll back unfinished claims, sweep orphaned specs."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._start_sync)
+
+    async def close(self) -> None:
+        """Release this instance's lock and stop the worker threads."""
+        self._pool.shutdown(wait=True)
+        self._io.shutdown(wait=True)
+        self._instances.release()
+        self._store.close()
+
+    def _driver_version(self) -> str:
+        try:
+            return self._inventory().driver_version
+        except Exception as e:  # the inventory is someone else's; never fail a spec on it
+            log.warning("driver version unknown: %s", e)
+            return ""
+
+    def _start_sync(self) -> None:
+        self._instances.acquire()
+        if self._crash_at:
+            log.warning(
+                "TEST HOOK %s=%s is set: this process exits there", CRASH_ENV, self._crash_at
+            )
+        self.load_report = self._store.load()
+
+        def recover(claims: dict[str, ClaimRecord]) -> tuple[tuple[list[str], list[str]], bool]:
+            rolled = []
+            for uid, rec in list(claims.items()):
+                if rec.state is ClaimState.STARTED and not self._instances.is_alive(rec.instance):
+                    if CLAIM_UID_RE.match(uid):
+                        self._cdi.remove(uid)
+                    del claims[uid]
+                    rolled.append(uid)
+            swept = self._cdi.sweep(claims, self._instances.is_alive)
+            return (rolled, swept), bool(rolled)
+
+        rolled, swept = self._store.update(recover)
+        reaped = self._instances.reap()
+        claims = self._store.snapshot()
+        log.info(
+            "preparer ready: instance %s, %d claim(s) in checkpoint, rolled back %d unfinished "
+            "claim(s) %s, swept %d orphaned CDI spec(s)%s",
+            self._instances.id,
+            len(claims),
+            len(rolled),
+            rolled,
+            len(swept),
+            f", reaped dead instances {reaped}" if reaped else "",
+        )
+
+    # --- per-claim serialisation ---------------------------------------------------------
+
+    @asynccontextmanager
+    async def _claim_lock(self, uid: str) -> AsyncIterator[None]:
+        lock, users = self._claim_locks.get(uid, (asyncio.Lock(), 0))
+        self._claim_locks[uid] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._claim_locks[uid]
+            if users <= 1:
+                del self._claim_locks[uid]
+            else:
+                self._claim_locks[uid] = (lock, users - 1)
+
+    # --- prepare -------------------------------------------------------------------------
+
+    async def prepare(self, claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
+        refs = _distinct(claims)
+        results = await asyncio.gather(*(self._prepare_one(r) for r in refs))
+        return {r.uid: res for r, res in zip(refs, results, strict=True)}
+
+    async def _prepare_one(self, ref: ClaimRef) -> PrepareResult:
+        try:
+            check_claim_uid(ref.uid)
+        except InvalidClaimUid as e:
+            return PrepareResult(error=str(e))
+        start = time.perf_counter()
+        async with self._claim_lock(ref.uid):
+            try:
+                devices = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._prepare_sync, ref
+                )
+            except ClaimError as e:
+                log.warning("prepare %s failed: %s", _ref_text(ref), e)
+                return PrepareResult(error=str(e))
+            except Exception as e:
+                log.exception("prepare %s: internal error", _ref_text(ref))
+                return PrepareResult(error=f"internal error: {type(e).__name__}: {e}")
+        log.info(
+            "prepared %s: %s in %.1f ms",
+            _ref_text(ref),
+            ", ".join(d.device_name for d in devices) or "no devices of this driver",
+            (time.perf_counter() - start) * 1e3,
+        )
+        return PrepareResult(devices=devices)
+
+    def _prepare_sync(self, ref: ClaimRef) -> tuple[PreparedDevice, ...]:
+        rec = self._store.get(ref.uid)
+        if rec is not None and rec.state is ClaimState.PREPARED and not rec.rebuilt:
+            self._ensure_spec(rec)
+            return _answer(rec)
+        claim = self._fetch(ref)
+        plans = self._plan(ref, claim)
+        if not plans:
+            return ()
+        actions = self._actions(plans)
+        record = self._record(ref, plans)
+        devices: dict[str, SpecDevice] = {}
+        for p in plans:
+            prev = devices.get(p.device.name)
+            admin = p.admin and (prev is None or prev.admin_access)
+            devices[p.device.name] = SpecDevice(p.device, admin)
+        try:
+            spec = self._cdi.build(ref.uid, list(devices.values()))
+        except CdiError as e:
+            raise ClaimError(str(e)) from e
+        # The spec is staged (written and fsynced under a temp name no runtime reads)
+        # while the started record is written. That record is atomic but not fsynced:
+        # it only has to outlive a process crash (the page cache does), because after
+        # a power loss the boot id changes and every record is discarded anyway.
+        staging = self._io.submit(self._cdi.stage, ref.uid, spec)
+        try:
+            existing = self._store.update(
+                lambda claims: self._reserve(claims, record), durable=False
+            )
+        except BaseException:
+            self._discard(staging)
+            raise
+        if existing is not None:
+            self._discard(staging)
+            return _answer(existing)
+        self._crash("after-started")
+        try:
+            if actions:
+                self._apply(actions)
+            self._cdi.commit(staging.result(), sync_dir=False)
+            self._crash("after-cdi")
+            dir_synced = self._io.submit(fsync_dir, self._cdi.root)
+            done = record.with_state(
+                ClaimState.PREPARED, actions=tuple(a.to_json() for a in actions)
+            )
+            self._crash("before-prepared")
+            try:
+                self._store.update(lambda claims: self._finish(claims, done))
+            finally:
+                dir_synced.result()
+        except BaseException as e:
+            self._discard(staging)
+            self._roll_back(ref.uid)
+            if isinstance(e, CdiError | OSError):
+                raise ClaimError(f"writing the claim's CDI spec or checkpoint: {e}") from e
+            raise
+        return _answer(done)
+
+    def _discard(self, staging: Future[StagedSpec]) -> None:
+        """Remove a staged spec that will not be committed (no-op once committed)."""
+        try:
+            self._cdi.abort(staging.result())
+        except Exception as e:
+            log.warning("discarding a staged CDI spec: %s", e)
+
+    def _crash(self, point: str) -> None:
+        if self._crash_at == point:
+            log.critical("TEST HOOK: exiting at %s (%s=%s)", point, CRASH_ENV, point)
+            for h in logging.getLogger().handlers:
+                h.flush()
+            sys.stderr.flush()
+            os._exit(137)
+
+    def _fetch(self, ref: ClaimRef) -> dict[str, Any]:
+        try:
+            claim = self._claims.get_claim(ref.namespace, ref.name)
+        except ClaimNotFound as e:
+            raise ClaimError(f"ResourceClaim {ref.namespace}/{ref.name} not found") from e
+        except ClaimSourceError as e:
+            raise ClaimError(str(e)) from e
+        uid = (claim.get("metadata") or {}).get("uid")
+        if uid != ref.uid:
+            raise ClaimError(
+                f"ResourceClaim {ref.namespace}/{ref.name} has UID {uid}, not {ref.uid}: "
+                "the claim was replaced"
+            )
+        return claim
+
+    def _plan(self, ref: ClaimRef, claim: dict[str, Any]) -> list[_Planned]:
+        driver, pool = self._settings.driver_name, self._settings.node_name
+        allocation = (claim.get("status") or {}).get("allocation")
+        if not isinstance(allocation, dict):
+            raise ClaimError(f"ResourceClaim {ref.namespace}/{ref.name} is not allocated")
+        alloc_devices = allocation.get("devices") or {}
+        results = [
+            r
+            for r in alloc_devices.get("results") or []
+            if isinstance(r, dict) and r.get("driver") == driver
+        ]
+        if not results:
+            return []
+        try:
+            configs = decode_configs(alloc_devices, driver)
+        except ConfigError as e:
+            raise ClaimError(f"invalid opaque configuration: {e}") from e
+        inventory = self._inventory()
+        plans = []
+        for r in results:
+            request, name, rpool = str(r.get("request", "")), r.get("device"), r.get("pool")
+            if rpool != pool:
+                raise ClaimError(
+                    f"request {request!r}: device {name} was allocated from pool {rpool!r}, "
+                    f"not this node's pool {pool!r}"
+                )
+            device = inventory.device(str(name))
+            if device is None:
+                raise ClaimError(
+                    f"request {request!r}: device {name!r} is not a device of this node "
+                    f"(unknown to the current inventory of pool {pool!r})"
+                )
+            self._check_health(request, device, inventory)
+            try:
+                config = config_for(request, device.type is DeviceType.MIG, configs)
+            except ConfigError as e:
+                raise ClaimError(f"invalid opaque configuration: {e}") from e
+            share = r.get("shareID")
+            plans.append(
+                _Planned(
+                    request=request,
+                    device=device,
+                    gpu_uuid=device.parent_uuid or device.uuid,
+                    admin=r.get("adminAccess") is True,
+                    share_id=str(share) if share else None,
+                    config=config,
+                )
+            )
+        return plans
+
+    def _check_health(self, request: str, device: Device, inventory: Inventory) -> None:
+        if self._health is None:
+            return
+        names = [device.name]
+        gpu = inventory.gpu_of(device)
+        if gpu is not None and gpu.name != device.name:
+            names.append(gpu.name)
+        for name in names:
+            h = self._health.get(name)
+            if h is not None and h.health is Health.UNHEALTHY:
+                why = h.message or h.reason or "no detail"
+                subject = device.name if name == device.name else f"{device.name}'s GPU {name}"
+                raise ClaimError(f"request {request!r}: {subject} is unhealthy: {why}")
+
+    def _actions(self, plans: Sequence[_Planned]) -> list[_Action]:
+        """NVML settings the configs ask for; refuses what this driver cannot do."""
+        actions: dict[str, _Action] = {}
+        for p in plans:
+            c = p.config
+            if c is None or c.config.sharing is None:
+                continue
+            sharing = c.config.sharing
+            if sharing.strategy is SharingStrategy.MPS:
+                raise ClaimError(
+                    f"{c.where}: MPS sharing needs an MPS control daemon, "
+                    "which this driver does not run yet"
+                )
+            if not isinstance(c.config, GpuConfig):
+                continue  # TimeSlicing on a MIG device: MIG devices time-slice already
+            interval = (
+                sharing.time_slicing.interval if sharing.time_slicing else TimeSliceInterval.DEFAULT
+            )
+            if interval is not TimeSliceInterval.DEFAULT:
+                raise ClaimError(
+                    f"{c.where}: time-slice interval {interval} needs "
+                    "`nvidia-smi compute-policy --set-timeslice`, which this driver does not "
+                    "run yet; use interval Default"
+                )
+            actions[p.gpu_uuid] = _Action(p.gpu_uuid, COMPUTE_MODE_DEFAULT)
+        if actions and self._nvml is None:
+            raise ClaimError(
+                "the claim's TimeSlicing configuration sets the GPU compute mode through NVML, "
+                "and no NVML backend is available"
+            )
+        return [actions[k] for k in sorted(actions)]
+
+    def _apply(self, actions: Sequence[_Action]) -> None:
+        assert self._nvml is not None
+        with self._gpu_locks.hold(a.gpu_uuid for a in actions):
+            for a in actions:
+                try:
+                    self._nvml.set_compute_mode(a.gpu_uuid, a.compute_mode)
+                except NvmlError as e:
+                    raise ClaimError(
+                        f"set compute mode {a.compute_mode} on GPU {a.gpu_uuid}: {e}"
+                    ) from e
+
+    def _record(self, ref: ClaimRef, plans: Sequence[_Planned]) -> ClaimRecord:
+        node = self._settings.node_name
+        devices = tuple(
+            DeviceRecord(
+                request_names=(base_request(p.request),),
+                pool_name=node,
+                device_name=p.device.name,
+                cdi_device_ids=(self._cdi.device_id(ref.uid, p.device.name),),
+                uuid=p.device.uuid,
+                gpu_uuid=p.gpu_uuid,
+                admin_access=p.admin,
+                share_id=p.share_id,
+            )
+            for p in plans
+        )
+        return ClaimRecord(
+            uid=ref.uid,
+            namespace=ref.namespace,
+            name=ref.name,
+            state=ClaimState.STARTED,
+            devices=devices,
+            instance=self._instances.id,
+            updated=time.time(),
+        )
+
+    def _reserve(
+        self, claims: dict[str, ClaimRecord], record: ClaimRecord
+    ) -> tuple[ClaimRecord | None, bool]:
+        """Record the claim as started unless a device is taken (checkpoint lock held)."""
+        current = claims.get(record.uid)
+        if current is not None and current.state is ClaimState.PREPARED and not current.rebuilt:
+            return current, False  # another instance finished it meanwhile
+        admin: dict[str, bool] = {}
+        for d in record.devices:
+            admin[d.device_name] = admin.get(d.device_name, True) and d.admin_access
+        for other in claims.values():
+            if other.uid == record.uid:
+                continue
+            if other.state is ClaimState.STARTED and not self._instances.is_alive(other.instance):
+                continue  # left by a dead instance; rolled back at the next start
+            for d in other.devices:
+                if d.device_name in admin and not (admin[d.device_name] and d.admin_access):
+                    raise ClaimError(
+                        f"device {d.device_name} is already prepared for claim "
+                        f"{other.namespace}/{other.name} ({other.uid}); a device is shared "
+                        "between claims only when both have admin access"
+                    )
+        claims[record.uid] = record
+        return None, True
+
+    def _finish(self, claims: dict[str, ClaimRecord], done: ClaimRecord) -> tuple[None, bool]:
+        current = claims.get(done.uid)
+        if current is None or current.instance != done.instance:
+            raise ClaimError("the claim was unprepared while it was being prepared; retry")
+        claims[done.uid] = done
+        return None, True
+
+    def _roll_back(self, uid: str) -> None:
+        """Undo a failed prepare: delete its spec, drop our started entry. Never raises."""
+        try:
+            self._cdi.remove(uid)
+
+            def drop(claims: dict[str, ClaimRecord]) -> tuple[None, bool]:
+                cur = claims.get(uid)
+                if cur is not None and cur.state is ClaimState.STARTED:
+                    del claims[uid]
+                    return None, True
+                return None, False
+
+            self._store.update(drop)
+        except Exception:
+            log.exception("rolling back claim %s failed; the next start will finish it", uid)
+
+    def _ensure_spec(self, rec: ClaimRecord) -> None:
+        """Rewrite a prepared claim's spec if it vanished (e.g. someone cleaned /var/run/cdi)."""
+        if self._cdi.exists(rec.uid):
+            return
+        inventory = self._inventory()
+        devices: dict[str, SpecDevice] = {}
+        for d in rec.devices:
+            device = inventory.device(d.device_name)
+            if device is None:
+                log.warning(
+                    "claim %s: CDI spec missing and device %s no longer in the inventory",
+                    rec.uid,
+                    d.device_name,
+                )
+                return
+            prev = devices.get(d.device_name)
+            devices[d.device_name] = SpecDevice(
+                device, d.admin_access and (prev is None or prev.admin_access)
+            )
+        try:
+            self._cdi.write(rec.uid, self._cdi.build(rec.uid, list(devices.values())))
+            log.warning("claim %s: CDI spec was missing; rewritten", rec.uid)
+        except CdiError as e:
+            raise ClaimError(f"CDI spec of this prepared claim is missing and: {e}") from e
+
+    # --- unprepare -----------------------------------------------------------------------
+
+    async def unprepare(self, claims: Sequence[ClaimRef]) -> dict[str, UnprepareResult]:
+        refs = _distinct(claims)
+        results = await asyncio.gather(*(self._unprepare_one(r) for r in refs))
+        return {r.uid: res for r, res in zip(refs, results, strict=True)}
+
+    async def _unprepare_one(self, ref: ClaimRef) -> UnprepareResult:
+        if not CLAIM_UID_RE.match(ref.uid):
+            return UnprepareResult()  # never prepared here: we refuse such UIDs
+        async with self._claim_lock(ref.uid):
+            try:
+                found = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._unprepare_sync, ref
+                )
+            except Exception as e:
+                log.exception("unprepare %s failed", _ref_text(ref))
+                return UnprepareResult(error=f"unprepare failed: {type(e).__name__}: {e}")
+        log.info("unprepared %s%s", _ref_text(ref), "" if found else " (was not prepared)")
+        return UnprepareResult()
+
+    def _unprepare_sync(self, ref: ClaimRef) -> bool:
+        # The spec goes first (a crash then leaves a record whose unprepare is
+        # repeated), and its directory fsync overlaps the checkpoint write.
+        removed = self._cdi.remove(ref.uid, sync_dir=False)
+        dir_synced = self._io.submit(fsync_dir, self._cdi.root) if removed else None
+
+        def drop(claims: dict[str, ClaimRecord]) -> tuple[bool, bool]:
+            gone = claims.pop(ref.uid, None) is not None
+            return gone, gone
+
+        try:
+            return self._store.update(drop) or removed
+        finally:
+            if dir_synced is not None:
+                dir_synced.result()
+
+    # --- recovery ------------------------------------------------------------------------
+
+    def _rebuild_from_cdi(self) -> dict[str, ClaimRecord]:
+        """Claims reconstructed from our CDI specs when the checkpoint is corrupted.
+
+        Request names, namespace and name are not in a spec; such records are
+        marked rebuilt, and a later prepare of the claim re-reads it from the API.
+        """
+        try:
+            inventory: Inventory | None = self._inventory()
+        except Exception:
+            inventory = None
+        out: dict[str, ClaimRecord] = {}
+        for uid in self._cdi.claim_uids():
+            try:
+                spec = self._cdi.read(uid)
+            except CdiError as e:
+                log.error("rebuild: %s", e)
+                continue
+            if spec is None:
+                continue
+            devices = []
+            for name, cdi_id, admin, uuid in self._cdi.devices_of(uid, spec):
+                dev = inventory.device(name) if inventory is not None else None
+                devices.append(
+                    DeviceRecord(
+                        request_names=(),
+                        pool_name=self._settings.node_name,
+                        device_name=name,
+                        cdi_device_ids=(cdi_id,),
+                        uuid=uuid,
+                        gpu_uuid=(dev.parent_uuid or dev.uuid) if dev is not None else "",
+                        admin_access=admin,
+                    )
+                )
+            if devices:
+                out[uid] = ClaimRecord(
+                    uid=uid,
+                    namespace="",
+                    name="",
+                    state=ClaimState.PREPARED,
+                    devices=tuple(devices),
+                    instance=self._instances.id,
+                    rebuilt=True,
+                    updated=time.time(),
+                )
+        log.warning("rebuilt %d claim(s) from CDI specs: %s", len(out), sorted(out))
+        return out
+
+    # --- introspection (tests, demo) -----------------------------------------------------
+
+    def checkpointed(self) -> dict[str, ClaimRecord]:
+        return self._store.snapshot()
+
+    @property
+    def store(self) -> CheckpointStore:
+        return self._store
+
+    @property
+    def cdi(self) -> CdiSpecs:
+        return self._cdi
