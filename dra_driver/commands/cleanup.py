@@ -1,0 +1,68 @@
+"""`dra-driver cleanup`: delete this driver's ResourceSlices for this node (uninstall).
+
+The plugin never deletes its slices on shutdown (a restart must not make the
+node's devices vanish from the scheduler); this is the explicit way to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from .. import settings as settings_mod
+from ..k8s import NoApiServerConfigError, load_api_client
+from ..slices.api import SliceApi, slice_field_selector
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "cleanup", help="delete this driver's ResourceSlices for this node (uninstall)"
+    )
+    settings_mod.add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def delete_node_slices(api: SliceApi, driver: str, node_name: str) -> int:
+    """Delete every slice of driver on node_name; returns how many there were.
+
+    One DeleteCollection when the server (and RBAC) allows it, else one
+    DELETE per slice; a slice already gone is fine.
+    """
+    selector = slice_field_selector(driver, node_name)
+    items, _ = api.list_slices(selector)
+    if not items:
+        return 0
+    try:
+        api.delete_collection(selector)
+    except ApiException as e:
+        if e.status not in (403, 404, 405):
+            raise
+        items, _ = api.list_slices(selector)
+        for obj in items:
+            meta = obj["metadata"]
+            api.delete_slice(meta["name"], meta.get("uid"), None)
+    return len(items)
+
+
+def run(args: argparse.Namespace) -> int:
+    s = settings_mod.from_args(args)
+    try:
+        api = SliceApi(load_api_client(s.kubeconfig))
+        n = delete_node_slices(api, s.driver_name, s.node_name)
+    except NoApiServerConfigError as e:
+        print(f"dra-driver cleanup: {e}", file=sys.stderr)
+        return 2
+    except ApiException as e:
+        print(
+            f"dra-driver cleanup: the API server answered {e.status}: {e.reason}", file=sys.stderr
+        )
+        return 1
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        print(f"dra-driver cleanup: cannot reach the API server: {e}", file=sys.stderr)
+        return 1
+    print(f"deleted {n} ResourceSlice(s) of {s.driver_name} on node {s.node_name}")
+    return 0

@@ -1,0 +1,1 @@
+"""ResourceSlice building (pure) and publishing (reconciler against the API server)."""
