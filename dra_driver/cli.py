@@ -12,6 +12,9 @@ from collections.abc import Sequence
 # `func(args) -> int` as the handler.
 COMMAND_MODULES = [
     "dra_driver.commands.inventory",
+    "dra_driver.commands.slices",
+    "dra_driver.commands.cleanup",
+    "dra_driver.commands.run",
 ]
 
 
@@ -31,5 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error worth a traceback.
+        sys.stderr.close()
+        return 0
     return result
