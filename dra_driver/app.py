@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy: they cost startup time and memory
     from kubernetes.client import ApiClient
 
     from .nvml.types import NvmlBackend
+    from .prepare.preparer import ClaimPreparer
     from .slices.publisher import SlicePublisher
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class App:
         self.board: HealthBoard | None = None
         self.api: ApiClient | None = None
         self.plugin: KubeletPlugin | None = None
+        self.preparer: ClaimPreparer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
@@ -182,6 +184,7 @@ class App:
 
         source = ApiClaimSource(self.api) if self.api is not None else NoApiClaimSource()
         preparer = ClaimPreparer(self.settings, lambda: inventory, source, self.board, self.backend)
+        self.preparer = preparer
         try:
             await preparer.start()
         except Exception as e:
@@ -192,7 +195,10 @@ class App:
         from .slices.publisher import SlicePublisher
 
         assert self.board is not None and self.api is not None
-        publisher = SlicePublisher(self.settings, self.api)
+        try:
+            publisher = SlicePublisher(self.settings, self.api)
+        except ValueError as e:  # a driver or node name the API would reject
+            raise StartupError(str(e)) from e
         publisher.set_desired(inventory, self.board.snapshot())
         self._spawn(publisher.run(), "slice-publisher")
         self._spawn(self._feed_health(publisher, inventory, self.board), "slice-health-feed")
@@ -223,6 +229,8 @@ class App:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.preparer is not None:
+            await self.preparer.close()
         if self.backend is not None:
             await asyncio.to_thread(self.backend.close)
         if self.api is not None:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-import urllib3
-from kubernetes.client.exceptions import ApiException
+from typing import TYPE_CHECKING, Any
 
 from .. import settings as settings_mod
-from ..k8s import NoApiServerConfigError, load_api_client
-from ..slices.api import SliceApi, slice_field_selector
+
+if TYPE_CHECKING:  # the kubernetes client costs ~0.25 s to import: only when this command runs
+    from ..slices.api import SliceApi
 
 
 def register(sub: Any) -> None:
@@ -32,6 +30,10 @@ def delete_node_slices(api: SliceApi, driver: str, node_name: str) -> int:
     One DeleteCollection when the server (and RBAC) allows it, else one
     DELETE per slice; a slice already gone is fine.
     """
+    from kubernetes.client.exceptions import ApiException
+
+    from ..slices.api import slice_field_selector
+
     selector = slice_field_selector(driver, node_name)
     items, _ = api.list_slices(selector)
     if not items:
@@ -49,6 +51,12 @@ def delete_node_slices(api: SliceApi, driver: str, node_name: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    from ..k8s import NoApiServerConfigError, load_api_client
+    from ..slices.api import SliceApi
+
     s = settings_mod.from_args(args)
     try:
         api = SliceApi(load_api_client(s.kubeconfig))
