@@ -21,12 +21,13 @@ from ._common import (
     CALL_INIT,
     CALL_MAX_MIG_COUNT,
     DEFAULT_LIBRARY,
+    DEVICE_LEVEL_CODES,
     GI_PROFILE_INDEX_COUNT,
     MiB,
     decode,
     fallback_message,
-    profile_by_id,
     profile_name,
+    record_factory,
     sample_rc,
     unknown_profile_error,
 )
@@ -74,33 +75,116 @@ _PROFILE_SIZE = ffi.sizeof("fp_profile_t")
 _MIG_HEADER_OFF = ffi.offsetof("fp_gpu_t", "max_mig_rc")
 _MIGS_OFF = ffi.offsetof("fp_gpu_t", "migs")
 _MIG_SIZE = ffi.sizeof("fp_mig_t")
+_PROFILE_COUNT_OFF = ffi.offsetof("fp_gpu_t", "profile_count")
+_MIG_COUNT_OFF = ffi.offsetof("fp_gpu_t", "mig_count")
+# profile_count and mig_count of one fp_gpu_t in one unpack.
+_COUNTS = struct.Struct(f"=I{_MIG_COUNT_OFF - _PROFILE_COUNT_OFF - 4}xI")
+_MIGS_IN_TAIL = _MIGS_OFF - _MIG_HEADER_OFF
+_HEALTH_SIZE = ffi.sizeof("fp_health_t")
+
+_FORMATS = {"char": "p", "int": "i", "unsigned int": "I", "unsigned long long": "Q"}
 
 
-def _layout(ctype: str, expected: tuple[str, ...]) -> struct.Struct:
-    """A struct.Struct reading one C struct in one go (much cheaper than per-field cdata).
+def _layout(ctype: str, expected: tuple[str, ...], *, whole: bool = True) -> struct.Struct:
+    """A struct.Struct reading C fields in one go (much cheaper than per-field cdata).
 
     Built from cffi's own view of the layout; the field order is checked so a
     header edit cannot silently shift values into the wrong record fields.
+    whole=False reads just the run of fields named, from the first one's
+    offset. A char array (a length-prefixed string, see fastpath.h) unpacks
+    as the bytes of its text, an array of structs as its raw bytes, any other
+    array as one value per element.
     """
     fields = ffi.typeof(ctype).fields
-    if tuple(name for name, _ in fields) != expected:
+    names = tuple(name for name, _ in fields)
+    first = names.index(expected[0]) if expected[0] in names else -1
+    run = fields[first : first + len(expected)]
+    if first < 0 or tuple(name for name, _ in run) != expected or (whole and run != fields):
         raise ImportError(f"{ctype} layout changed: rebuild the fast path and update the reader")
-    fmt, pos = "=", 0
-    for _, f in fields:
+    fmt, pos = "=", run[0][1].offset
+    for _, f in run:
         if f.offset > pos:
             fmt += f"{f.offset - pos}x"
-        if f.type.kind == "array":
-            fmt += f"{f.type.length}s"
+        if f.type.kind == "array" and f.type.item.kind == "struct":
+            fmt += f"{ffi.sizeof(f.type)}s"
+        elif f.type.kind == "array":
+            fmt += f"{f.type.length}{_FORMATS[f.type.item.cname]}"
         else:
             fmt += _FORMATS[f.type.cname]
         pos = f.offset + ffi.sizeof(f.type)
     size = ffi.sizeof(ctype)
-    if size > pos:
+    if whole and size > pos:
         fmt += f"{size - pos}x"
     return struct.Struct(fmt)
 
 
-_FORMATS = {"int": "i", "unsigned int": "I", "unsigned long long": "Q"}
+_INVENTORY_HEAD = _layout(
+    "fp_inventory_t",
+    (
+        "driver_version_rc",
+        "driver_version",
+        "cuda_version_rc",
+        "cuda_version",
+        "count_rc",
+        "device_count",
+        "gpu_count",
+    ),
+    whole=False,
+)
+_GPU_HEAD = _layout(
+    "fp_gpu_t",
+    (
+        "index",
+        "stop_rc",
+        "stop_call",
+        "minor_rc",
+        "minor",
+        "uuid_rc",
+        "uuid",
+        "name_rc",
+        "name",
+        "brand_rc",
+        "brand",
+        "arch_rc",
+        "architecture",
+        "cc_rc",
+        "cc_major",
+        "cc_minor",
+        "memory_rc",
+        "memory_total",
+        "pci_rc",
+        "bus_id",
+        "mig_mode_rc",
+        "mig_current",
+        "mig_pending",
+        "profile_count",
+    ),
+    whole=False,
+)
+_MIG_HEAD = _layout(
+    "fp_gpu_t", ("max_mig_rc", "max_mig_count", "mig_count", "mig_failed"), whole=False
+)
+_PROFILE_LAYOUT = _layout(
+    "fp_profile_t",
+    (
+        "profile_index",
+        "rc",
+        "id",
+        "slice_count",
+        "multiprocessors",
+        "copy_engines",
+        "decoders",
+        "encoders",
+        "jpeg_engines",
+        "ofa_engines",
+        "memory_mb",
+        "name",
+        "placements_rc",
+        "placement_count",
+        "placements",
+    ),
+)
+_PLACEMENT_LAYOUT = _layout("fp_placement_t", ("start", "size"))
 _MIG_LAYOUT = _layout(
     "fp_mig_t",
     (
@@ -123,7 +207,6 @@ _MIG_LAYOUT = _layout(
         "memory_mb",
     ),
 )
-_HEALTH_SIZE = ffi.sizeof("fp_health_t")
 _HEALTH_LAYOUT = _layout(
     "fp_health_t",
     (
@@ -150,6 +233,40 @@ _HEALTH_LAYOUT = _layout(
         "max_link_width",
     ),
 )
+
+# Record constructors that skip the frozen dataclasses' per-field __setattr__,
+# and tuple.__new__, which builds a NamedTuple record without its Python __new__.
+_new_snapshot = record_factory(NvmlSnapshot)
+_new_gpu = record_factory(GpuRecord)
+_new_sample = record_factory(HealthSample)
+_new_tuple = tuple.__new__
+
+_DEVICE_LEVEL_CODES = frozenset(DEVICE_LEVEL_CODES)  # a sample needs sample_rc() only then
+# The optional GPU fields all read, in the order both backends report errors.
+_OPTIONAL_CALLS = tuple(
+    _CALL_NAMES[call]
+    for call in (
+        lib.FP_CALL_NAME,
+        lib.FP_CALL_BRAND,
+        lib.FP_CALL_ARCHITECTURE,
+        lib.FP_CALL_COMPUTE_CAPABILITY,
+        lib.FP_CALL_MEMORY,
+        lib.FP_CALL_PCI,
+        lib.FP_CALL_MIG_MODE,
+    )
+)
+_ALL_READ = (SUCCESS,) * len(_OPTIONAL_CALLS)
+
+# A GPU's meaningful native bytes: up to its profiles[], the profiles[] entries
+# filled, and from max_mig_rc to the last migs[] entry filled.
+_GpuKey = tuple[bytes, bytes, bytes]
+# A GPU's MIG profiles, and the first profile name for each profile id.
+_Profiles = tuple[tuple[MigProfile, ...], dict[int, str]]
+_NO_PROFILES: _Profiles = ((), {})
+# What one GPU's bytes turned into: its record (None if abandoned), its errors
+# and its profiles, kept with the bytes to recognise them in the next inventory.
+_GpuResult = tuple[GpuRecord | None, tuple[DeviceError, ...], _Profiles]
+_GpuMemo = list[tuple[_GpuKey, _GpuResult]]
 
 if GI_PROFILE_INDEX_COUNT > lib.FP_MAX_PROFILES:
     raise ImportError("fast path built with too few profile slots for GI_PROFILE_INDEX_COUNT")
@@ -190,16 +307,15 @@ class CffiBackend:
         self._closed = False
         self._registered = False  # the event set exists
         self._inv = ffi.new("fp_inventory_t *")
+        self._inv_buf = ffi.buffer(self._inv)
         self._snapshot: NvmlSnapshot | None = None
-        self._gpu_memo: dict[bytes, tuple[GpuRecord | None, tuple[DeviceError, ...]]] = {}
-        self._profile_memo: dict[bytes, MigProfile] = {}
-        self._uuids: dict[int, str] = {}
+        self._gpu_memo: _GpuMemo = []  # by position in gpus[]
         self._last_inventory_calls = 0
         self._health_out = ffi.new("fp_health_t[]", lib.FP_MAX_GPUS)
         self._health_buf = ffi.buffer(self._health_out)
         self._health_indices: Any = ffi.NULL
         self._health_gpus: tuple[GpuRecord, ...] | None = None
-        self._health_memo: dict[bytes, HealthSample] = {}
+        self._health_memo: list[tuple[bytes, HealthSample]] = []  # by position
 
     # -- helpers ---------------------------------------------------------
 
@@ -227,9 +343,8 @@ class CffiBackend:
     def clear_record_cache(self) -> None:
         """Forget the records kept for unchanged GPUs and samples (the benchmark's cold path)."""
         with self._lock:
-            self._gpu_memo = {}
-            self._profile_memo = {}
-            self._health_memo = {}
+            self._gpu_memo = []
+            self._health_memo = []
 
     # -- inventory -------------------------------------------------------
 
@@ -246,44 +361,56 @@ class CffiBackend:
             if rc != SUCCESS:
                 call = CALL_COUNT if self._inv.count_rc == rc else self.name
                 raise error_for(rc, self._message(rc), call)
-            snapshot = self._convert(self._inv)
+            snapshot = self._convert()
             self._snapshot = snapshot
-            self._uuids = {g.index: g.uuid for g in snapshot.gpus}
             self._last_inventory_calls = int(self._inv.nvml_calls)
             return snapshot
 
-    def _convert(self, inv: Any) -> NvmlSnapshot:
+    def _convert(self) -> NvmlSnapshot:
         """Records from the filled struct, reusing those whose native bytes are unchanged.
 
         A GPU's record (and its errors) is a pure function of its fp_gpu_t's
-        meaningful bytes, so a GPU whose bytes equal the previous inventory's
-        gets the previous (immutable) objects back; identical MIG profile
-        entries, common across GPUs of one model, share one MigProfile. The
-        memos keep only what the latest inventory used, so they never grow.
+        meaningful bytes (the C side zeroes what it does not write), so a GPU
+        whose bytes equal those at its position in the previous inventory gets
+        the previous (immutable) objects back; identical MIG profile lists,
+        common across GPUs of one model, share one tuple of MigProfiles. The
+        memo keeps only what the latest inventory used, so it never grows.
         """
-        buf = ffi.buffer(inv)
+        buf = self._inv_buf
+        (
+            driver_version_rc,
+            driver_version,
+            cuda_version_rc,
+            cuda_version,
+            _count_rc,
+            device_count,
+            gpu_count,
+        ) = _INVENTORY_HEAD.unpack_from(buf, 0)
         errors: list[DeviceError] = []
         gpus: list[GpuRecord] = []
-        memo: dict[bytes, tuple[GpuRecord | None, tuple[DeviceError, ...]]] = {}
-        profile_memo: dict[bytes, MigProfile] = {}
-        for i in range(inv.gpu_count):
-            g = inv.gpus[i]
+        old_memo = self._gpu_memo
+        memo: _GpuMemo = []
+        for i in range(gpu_count):
             base = _GPUS_OFF + i * _GPU_SIZE
+            profile_count, mig_count = _COUNTS.unpack_from(buf, base + _PROFILE_COUNT_OFF)
+            start = base + _PROFILES_OFF
             key = (
-                buf[base : base + _PROFILES_OFF + g.profile_count * _PROFILE_SIZE]
-                + buf[base + _MIG_HEADER_OFF : base + _MIGS_OFF + g.mig_count * _MIG_SIZE]
+                buf[base:start],
+                buf[start : start + profile_count * _PROFILE_SIZE],
+                buf[base + _MIG_HEADER_OFF : base + _MIGS_OFF + mig_count * _MIG_SIZE],
             )
-            hit = self._gpu_memo.get(key) or memo.get(key)
-            if hit is None:
-                hit = self._convert_gpu(g, buf, base, profile_memo)
-            memo[key] = hit
-            record, gpu_errors = hit
+            # Equal bytes compare by memcmp: much cheaper than hashing them.
+            if i < len(old_memo) and old_memo[i][0] == key:
+                result = old_memo[i][1]
+            else:
+                result = self._convert_gpu(key, memo, old_memo)
+            memo.append((key, result))
+            record, gpu_errors, _ = result
             if record is not None:
                 gpus.append(record)
             errors.extend(gpu_errors)
         self._gpu_memo = memo
-        self._profile_memo = profile_memo
-        for i in range(inv.gpu_count, inv.device_count):
+        for i in range(gpu_count, device_count):
             errors.append(
                 DeviceError(
                     i,
@@ -292,123 +419,143 @@ class CffiBackend:
                     CALL_COUNT,
                 )
             )
-        if inv.driver_version_rc != SUCCESS:
+        if driver_version_rc != SUCCESS:
             log.warning(
                 "nvmlSystemGetDriverVersion: %s (rc=%d)",
-                self._message(inv.driver_version_rc),
-                inv.driver_version_rc,
+                self._message(driver_version_rc),
+                driver_version_rc,
             )
-        return NvmlSnapshot(
-            driver_version=decode(ffi.string(inv.driver_version)),
-            cuda_driver_version=inv.cuda_version if inv.cuda_version_rc == SUCCESS else 0,
-            gpus=tuple(gpus),
-            errors=tuple(errors),
+        return _new_snapshot(
+            decode(driver_version),
+            cuda_version if cuda_version_rc == SUCCESS else 0,
+            tuple(gpus),
+            tuple(errors),
         )
 
-    def _convert_gpu(
-        self, g: Any, buf: Any, base: int, profile_memo: dict[bytes, MigProfile]
-    ) -> tuple[GpuRecord | None, tuple[DeviceError, ...]]:
-        message = self._message
-        if g.stop_rc != SUCCESS:
-            stop = DeviceError(g.index, g.stop_rc, message(g.stop_rc), _CALL_NAMES[g.stop_call])
-            return None, (stop,)
+    def _convert_gpu(self, key: _GpuKey, *memos: _GpuMemo) -> _GpuResult:
+        """One GPU's record and errors from its meaningful bytes."""
+        head, profiles_raw, tail = key
+        (
+            index,
+            stop_rc,
+            stop_call,
+            _minor_rc,
+            minor,
+            _uuid_rc,
+            uuid,
+            name_rc,
+            name,
+            brand_rc,
+            brand,
+            arch_rc,
+            arch,
+            cc_rc,
+            cc_major,
+            cc_minor,
+            memory_rc,
+            memory,
+            pci_rc,
+            bus_id,
+            mig_mode_rc,
+            mig_current,
+            mig_pending,
+            _profile_count,
+        ) = _GPU_HEAD.unpack_from(head)
+        if stop_rc != SUCCESS:
+            stop = DeviceError(index, stop_rc, self._message(stop_rc), _CALL_NAMES[stop_call])
+            return None, (stop,), _NO_PROFILES
         errors: list[DeviceError] = []
-
-        def ok(rc: int, call: int) -> bool:
-            """SUCCESS; else the field is None, and an error unless NOT_SUPPORTED."""
-            if rc == SUCCESS:
-                return True
-            if not is_unsupported(rc):
-                errors.append(DeviceError(g.index, rc, message(rc), _CALL_NAMES[call]))
-            return False
-
-        name = decode(ffi.string(g.name)) if ok(g.name_rc, lib.FP_CALL_NAME) else ""
-        brand = g.brand if ok(g.brand_rc, lib.FP_CALL_BRAND) else None
-        arch = g.architecture if ok(g.arch_rc, lib.FP_CALL_ARCHITECTURE) else None
-        cc = (g.cc_major, g.cc_minor) if ok(g.cc_rc, lib.FP_CALL_COMPUTE_CAPABILITY) else None
-        memory = g.memory_total if ok(g.memory_rc, lib.FP_CALL_MEMORY) else None
-        bus_id = decode(ffi.string(g.bus_id)) if ok(g.pci_rc, lib.FP_CALL_PCI) else ""
-        mig_current: int | None = None
-        mig_pending: int | None = None
-        profiles: tuple[MigProfile, ...] = ()
+        rcs = (name_rc, brand_rc, arch_rc, cc_rc, memory_rc, pci_rc, mig_mode_rc)
+        if rcs != _ALL_READ:  # SUCCESS or NOT_SUPPORTED: no error; anything else: one each
+            for rc, call in zip(rcs, _OPTIONAL_CALLS, strict=True):
+                if rc != SUCCESS and not is_unsupported(rc):
+                    errors.append(DeviceError(index, rc, self._message(rc), call))
         migs: tuple[MigRecord, ...] = ()
-        if ok(g.mig_mode_rc, lib.FP_CALL_MIG_MODE):
-            mig_current, mig_pending = g.mig_current, g.mig_pending
-            profiles = self._profiles(g, buf, base + _PROFILES_OFF, profile_memo)
-            if mig_current == MIG_ENABLE:
-                migs = self._migs(g, buf, base + _MIGS_OFF, profiles, errors)
-        record = GpuRecord(
-            index=g.index,
-            minor=g.minor,
-            uuid=decode(ffi.string(g.uuid)),
-            name=name,
-            brand=brand,
-            architecture=arch,
-            cuda_compute_capability=cc,
-            memory_total_bytes=memory,
-            pci_bus_id=bus_id,
-            mig_mode_current=mig_current,
-            mig_mode_pending=mig_pending,
-            migs=migs,
-            mig_profiles=profiles,
+        profiles = _profiles(profiles_raw, memos)  # none unless MIG capable
+        if mig_mode_rc != SUCCESS:
+            mig_current = mig_pending = None
+        elif mig_current == MIG_ENABLE:
+            migs = self._migs(index, tail, profiles[1], errors)
+        # Strings are decoded as _common.decode() does, inline: a call costs as much.
+        record = _new_gpu(
+            index,
+            minor,
+            uuid.decode("utf-8", "replace"),
+            name.decode("utf-8", "replace") if name_rc == SUCCESS else "",
+            brand if brand_rc == SUCCESS else None,
+            arch if arch_rc == SUCCESS else None,
+            (cc_major, cc_minor) if cc_rc == SUCCESS else None,
+            memory if memory_rc == SUCCESS else None,
+            bus_id.decode("utf-8", "replace") if pci_rc == SUCCESS else "",
+            mig_current,
+            mig_pending,
+            migs,
+            profiles[0],
         )
-        return record, tuple(errors)
-
-    def _profiles(
-        self, g: Any, buf: Any, offset: int, memo: dict[bytes, MigProfile]
-    ) -> tuple[MigProfile, ...]:
-        out = []
-        for k in range(g.profile_count):
-            start = offset + k * _PROFILE_SIZE
-            key = buf[start : start + _PROFILE_SIZE]
-            profile = memo.get(key) or self._profile_memo.get(key)
-            if profile is None:
-                profile = _profile(g.profiles[k])
-            memo[key] = profile
-            out.append(profile)
-        return tuple(out)
+        return record, tuple(errors), profiles
 
     def _migs(
         self,
-        g: Any,
-        buf: Any,
-        offset: int,
-        profiles: tuple[MigProfile, ...],
+        index: int,
+        tail: bytes,
+        profile_names: dict[int, str],
         errors: list[DeviceError],
     ) -> tuple[MigRecord, ...]:
-        if g.max_mig_rc != SUCCESS:
-            if not is_unsupported(g.max_mig_rc):
+        max_mig_rc, max_mig_count, _mig_count, mig_failed = _MIG_HEAD.unpack_from(tail)
+        if max_mig_rc != SUCCESS:
+            if not is_unsupported(max_mig_rc):
                 errors.append(
-                    DeviceError(
-                        g.index, g.max_mig_rc, self._message(g.max_mig_rc), CALL_MAX_MIG_COUNT
-                    )
+                    DeviceError(index, max_mig_rc, self._message(max_mig_rc), CALL_MAX_MIG_COUNT)
                 )
             return ()
+        out: list[MigRecord] | None = None
+        if not mig_failed:
+            out = _mig_records(tail, profile_names)
+        if out is None:
+            out = self._mig_records_or_errors(index, tail, profile_names, errors)
+        if max_mig_count > lib.FP_MAX_MIGS:
+            errors.append(
+                DeviceError(
+                    index,
+                    ERROR_INSUFFICIENT_SIZE,
+                    f"MIG slots from {lib.FP_MAX_MIGS} on not read (NVML reports {max_mig_count})",
+                    CALL_MAX_MIG_COUNT,
+                )
+            )
+        return tuple(out)
+
+    def _mig_records_or_errors(
+        self,
+        index: int,
+        tail: bytes,
+        profile_names: dict[int, str],
+        errors: list[DeviceError],
+    ) -> list[MigRecord]:
+        """The MIG records of a GPU some of whose MIG devices fail (errors for those)."""
         out = []
-        for k in range(g.mig_count):
-            (
-                slot,
-                _handle_rc,
-                stop_rc,
-                stop_call,
-                uuid,
-                gi_id,
-                ci_id,
-                profile_id,
-                start,
-                size,
-                sms,
-                copy_engines,
-                decoders,
-                encoders,
-                jpegs,
-                ofas,
-                memory_mb,
-            ) = _MIG_LAYOUT.unpack_from(buf, offset + k * _MIG_SIZE)
+        for (
+            slot,
+            _handle_rc,
+            stop_rc,
+            stop_call,
+            uuid,
+            gi_id,
+            ci_id,
+            profile_id,
+            start,
+            size,
+            sms,
+            copy_engines,
+            decoders,
+            encoders,
+            jpegs,
+            ofas,
+            memory_mb,
+        ) in _MIG_LAYOUT.iter_unpack(tail[_MIGS_IN_TAIL:]):
             if stop_rc != SUCCESS:  # empty slots were already skipped natively
                 errors.append(
                     DeviceError(
-                        g.index,
+                        index,
                         stop_rc,
                         self._message(stop_rc),
                         _CALL_NAMES[stop_call],
@@ -416,40 +563,33 @@ class CffiBackend:
                     )
                 )
                 continue
-            profile = profile_by_id(profiles, profile_id)
+            profile = profile_names.get(profile_id)
             if profile is None:
-                errors.append(unknown_profile_error(g.index, slot, profile_id))
+                errors.append(unknown_profile_error(index, slot, profile_id))
                 continue
             out.append(
-                MigRecord(
-                    slot,
-                    decode(uuid.split(b"\0", 1)[0]),
-                    gi_id,
-                    ci_id,
-                    profile_id,
-                    profile.name,
-                    start,
-                    size,
-                    sms,
-                    copy_engines,
-                    decoders,
-                    encoders,
-                    jpegs,
-                    ofas,
-                    memory_mb * MiB,
+                _new_tuple(
+                    MigRecord,
+                    (
+                        slot,
+                        uuid.decode("utf-8", "replace"),
+                        gi_id,
+                        ci_id,
+                        profile_id,
+                        profile,
+                        start,
+                        size,
+                        sms,
+                        copy_engines,
+                        decoders,
+                        encoders,
+                        jpegs,
+                        ofas,
+                        memory_mb * MiB,
+                    ),
                 )
             )
-        if g.max_mig_count > lib.FP_MAX_MIGS:
-            errors.append(
-                DeviceError(
-                    g.index,
-                    ERROR_INSUFFICIENT_SIZE,
-                    f"MIG slots from {lib.FP_MAX_MIGS} on not read "
-                    f"(NVML reports {g.max_mig_count})",
-                    CALL_MAX_MIG_COUNT,
-                )
-            )
-        return tuple(out)
+        return out
 
     # -- health ----------------------------------------------------------
 
@@ -471,14 +611,16 @@ class CffiBackend:
             if rc != SUCCESS:
                 raise error_for(rc, self._message(rc), "health_sample")
             buf = self._health_buf
-            memo: dict[bytes, HealthSample] = {}
+            old_memo = self._health_memo
+            memo: list[tuple[bytes, HealthSample]] = []
             samples = []
             for k, gpu in enumerate(gpus):
                 raw = buf[k * _HEALTH_SIZE : (k + 1) * _HEALTH_SIZE]
-                sample = self._health_memo.get(raw)
-                if sample is None or sample.uuid != gpu.uuid:
+                if k < len(old_memo) and old_memo[k][0] == raw and old_memo[k][1].uuid == gpu.uuid:
+                    sample = old_memo[k][1]
+                else:
                     sample = _health_record(gpu.index, gpu.uuid, _HEALTH_LAYOUT.unpack(raw))
-                memo[raw] = sample
+                memo.append((raw, sample))
                 samples.append(sample)
             self._health_memo = memo
             return samples
@@ -527,12 +669,20 @@ class CffiBackend:
         index = out.gpu_index
         return NvmlEvent(
             gpu_index=index,
-            uuid=self._uuids.get(index, ""),
+            uuid=self._uuid_of(index),
             event_type=out.event_type,
             event_data=out.event_data,
             gpu_instance_id=out.gpu_instance_id,
             compute_instance_id=out.compute_instance_id,
         )
+
+    def _uuid_of(self, index: int) -> str:
+        """The UUID of the GPU at an NVML index in the latest inventory ("" if unknown)."""
+        snapshot = self._snapshot
+        for gpu in snapshot.gpus if snapshot is not None else ():
+            if gpu.index == index:
+                return gpu.uuid
+        return ""
 
     # -- configuration and teardown --------------------------------------
 
@@ -553,25 +703,91 @@ class CffiBackend:
             log.warning("nvmlShutdown: %s (rc=%d)", self._message(rc), rc)
 
 
-def _profile(p: Any) -> MigProfile:
-    placements: tuple[tuple[int, int], ...] = ()
-    if p.placements_rc == SUCCESS:
-        n = p.placement_count
-        placements = tuple(
-            zip(ffi.unpack(p.placement_start, n), ffi.unpack(p.placement_size, n), strict=True)
-        )
-    return MigProfile(
-        profile_id=p.id,
-        name=profile_name(decode(ffi.string(p.name))),
-        slice_count=p.slice_count,
-        memory_bytes=p.memory_mb * MiB,
-        multiprocessors=p.multiprocessors,
-        copy_engines=p.copy_engines,
-        decoders=p.decoders,
-        encoders=p.encoders,
-        jpeg_engines=p.jpeg_engines,
-        ofa_engines=p.ofa_engines,
-        placements=placements,
+def _mig_records(tail: bytes, profile_names: dict[int, str]) -> list[MigRecord] | None:
+    """The MIG records of a GPU whose MIG devices all read; None if a profile id is unknown."""
+    try:
+        return [
+            _new_tuple(
+                MigRecord,
+                (
+                    slot,
+                    uuid.decode("utf-8", "replace"),
+                    gi_id,
+                    ci_id,
+                    profile_id,
+                    profile_names[profile_id],
+                    start,
+                    size,
+                    sms,
+                    copy_engines,
+                    decoders,
+                    encoders,
+                    jpegs,
+                    ofas,
+                    memory_mb * MiB,
+                ),
+            )
+            for (
+                slot,
+                _handle_rc,
+                _stop_rc,
+                _stop_call,
+                uuid,
+                gi_id,
+                ci_id,
+                profile_id,
+                start,
+                size,
+                sms,
+                copy_engines,
+                decoders,
+                encoders,
+                jpegs,
+                ofas,
+                memory_mb,
+            ) in _MIG_LAYOUT.iter_unpack(tail[_MIGS_IN_TAIL:])
+        ]
+    except KeyError:
+        return None
+
+
+def _profiles(raw: bytes, memos: tuple[_GpuMemo, ...]) -> _Profiles:
+    """The MigProfiles of one GPU's profiles[] bytes, shared with any GPU with equal bytes.
+
+    A node has one or two GPU models, so a scan comparing bytes beats hashing them.
+    """
+    if not raw:
+        return _NO_PROFILES
+    for memo in memos:
+        for key, result in memo:
+            if key[1] == raw and result[0] is not None:  # an abandoned GPU built none
+                return result[2]
+    profiles = tuple(_profile(p) for p in _PROFILE_LAYOUT.iter_unpack(raw))
+    names: dict[int, str] = {}
+    for p in profiles:  # the first profile with an id names it, as profile_by_id
+        names.setdefault(p.profile_id, p.name)
+    return profiles, names
+
+
+def _profile(p: tuple[Any, ...]) -> MigProfile:
+    """A MigProfile from an unpacked fp_profile_t."""
+    n = p[13] if p[12] == SUCCESS else 0  # placement_count, when placements_rc is SUCCESS
+    placements = p[14][: n * _PLACEMENT_LAYOUT.size]
+    return _new_tuple(
+        MigProfile,
+        (
+            p[2],
+            profile_name(p[11].decode("utf-8", "replace")),
+            p[3],
+            p[10] * MiB,
+            p[4],
+            p[5],
+            p[6],
+            p[7],
+            p[8],
+            p[9],
+            tuple(_PLACEMENT_LAYOUT.iter_unpack(placements)),
+        ),
     )
 
 
@@ -600,14 +816,15 @@ def _health_record(index: int, uuid: str, fields: tuple[Any, ...]) -> HealthSamp
         link_max,
     ) = fields
     if handle_rc != lib.FP_NOT_CALLED:  # no cached handle: nothing was sampled
-        missing = Reading(0, handle_rc)
-        return HealthSample(index, uuid, handle_rc, *([missing] * 11))
+        missing = _new_tuple(Reading, (0, handle_rc))
+        return _new_sample(index, uuid, handle_rc, *([missing] * 11))
     if remap_rc != SUCCESS:
         remap_c = remap_u = remap_pending = remap_failure = 0
-    return HealthSample(
-        gpu_index=index,
-        uuid=uuid,
-        rc=sample_rc(
+    rc = SUCCESS
+    if not _DEVICE_LEVEL_CODES.isdisjoint(
+        (reasons_rc, temperature_rc, ecc_c_rc, ecc_u_rc, retired_rc, remap_rc, link_rc, link_max_rc)
+    ):
+        rc = sample_rc(
             reasons_rc,
             temperature_rc,
             ecc_c_rc,
@@ -616,20 +833,21 @@ def _health_record(index: int, uuid: str, fields: tuple[Any, ...]) -> HealthSamp
             remap_rc,
             link_rc,
             link_max_rc,
-        ),
-        clocks_event_reasons=_reading(reasons, reasons_rc),
-        temperature_c=_reading(temperature, temperature_rc),
-        ecc_corrected_volatile=_reading(ecc_c, ecc_c_rc),
-        ecc_uncorrected_volatile=_reading(ecc_u, ecc_u_rc),
-        retired_pages_pending=_reading(retired, retired_rc),
-        remapped_rows_corrected=Reading(remap_c, remap_rc),
-        remapped_rows_uncorrected=Reading(remap_u, remap_rc),
-        remapped_rows_pending=Reading(remap_pending, remap_rc),
-        remapped_rows_failure=Reading(remap_failure, remap_rc),
-        pcie_link_width_current=_reading(link, link_rc),
-        pcie_link_width_max=_reading(link_max, link_max_rc),
+        )
+    # Readings are built inline (a helper call would cost as much): value 0 unless SUCCESS.
+    return _new_sample(
+        index,
+        uuid,
+        rc,
+        _new_tuple(Reading, (reasons if reasons_rc == SUCCESS else 0, reasons_rc)),
+        _new_tuple(Reading, (temperature if temperature_rc == SUCCESS else 0, temperature_rc)),
+        _new_tuple(Reading, (ecc_c if ecc_c_rc == SUCCESS else 0, ecc_c_rc)),
+        _new_tuple(Reading, (ecc_u if ecc_u_rc == SUCCESS else 0, ecc_u_rc)),
+        _new_tuple(Reading, (retired if retired_rc == SUCCESS else 0, retired_rc)),
+        _new_tuple(Reading, (remap_c, remap_rc)),
+        _new_tuple(Reading, (remap_u, remap_rc)),
+        _new_tuple(Reading, (remap_pending, remap_rc)),
+        _new_tuple(Reading, (remap_failure, remap_rc)),
+        _new_tuple(Reading, (link if link_rc == SUCCESS else 0, link_rc)),
+        _new_tuple(Reading, (link_max if link_max_rc == SUCCESS else 0, link_max_rc)),
     )
-
-
-def _reading(value: int, rc: int) -> Reading:
-    return Reading(value if rc == SUCCESS else 0, rc)

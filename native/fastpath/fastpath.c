@@ -37,7 +37,7 @@ _Static_assert(FP_VERSION_LEN >= NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE, "versio
 _Static_assert(sizeof(((fp_gpu_t *)0)->profiles) / sizeof(fp_profile_t) == FP_MAX_PROFILES, "");
 _Static_assert(sizeof(((fp_gpu_t *)0)->migs) / sizeof(fp_mig_t) == FP_MAX_MIGS, "");
 _Static_assert(sizeof(((fp_inventory_t *)0)->gpus) / sizeof(fp_gpu_t) == FP_MAX_GPUS, "");
-_Static_assert(sizeof(((fp_profile_t *)0)->placement_start) / sizeof(unsigned int)
+_Static_assert(sizeof(((fp_profile_t *)0)->placements) / sizeof(fp_placement_t)
                    == FP_MAX_PLACEMENTS, "");
 
 /*
@@ -176,6 +176,20 @@ static void copy_str(char *dst, size_t dst_len, const char *src)
     snprintf(dst, dst_len, "%s", src ? src : "");
 }
 
+/* Rewrite a NUL-terminated string NVML wrote as a length-prefixed one (see
+   fastpath.h), zero-padded: canonical bytes (they key Python's record memo)
+   that Python's struct reads with its 'p' format, without a NUL search. */
+static void to_pascal(char *s, size_t len)
+{
+    size_t n = strnlen(s, len - 1);
+
+    if (n > 255)
+        n = 255;
+    memmove(s + 1, s, n);
+    s[0] = (char)(unsigned char)n;
+    memset(s + 1 + n, 0, len - 1 - n);
+}
+
 static void note_missing(struct fp_ctx *ctx, const char *name)
 {
     size_t used = strlen(ctx->missing);
@@ -299,6 +313,7 @@ static int profiles_read(struct fp_ctx *ctx, nvmlDevice_t dev, unsigned int coun
         }
         if (rc != NVML_SUCCESS)
             continue; /* this GPU does not offer profile index p */
+        memset(pr, 0, sizeof(*pr)); /* canonical bytes: they key the record memo */
         pr->profile_index = p;
         pr->rc = rc;
         pr->id = info.id;
@@ -311,7 +326,7 @@ static int profiles_read(struct fp_ctx *ctx, nvmlDevice_t dev, unsigned int coun
         pr->ofa_engines = info.ofaCount;
         pr->memory_mb = info.memorySizeMB;
         memcpy(pr->name, info.name, sizeof(pr->name));
-        pr->name[sizeof(pr->name) - 1] = '\0';
+        to_pascal(pr->name, sizeof(pr->name));
 
         memset(placements, 0, sizeof(placements));
         rc = NV(ctx, nvmlDeviceGetGpuInstancePossiblePlacements_v2, dev, info.id, placements, &pc);
@@ -326,8 +341,8 @@ static int profiles_read(struct fp_ctx *ctx, nvmlDevice_t dev, unsigned int coun
         if (rc == NVML_SUCCESS) {
             pr->placement_count = pc < FP_MAX_PLACEMENTS ? pc : FP_MAX_PLACEMENTS;
             for (k = 0; k < pr->placement_count; k++) {
-                pr->placement_start[k] = placements[k].start;
-                pr->placement_size[k] = placements[k].size;
+                pr->placements[k].start = placements[k].start;
+                pr->placements[k].size = placements[k].size;
             }
         }
         g->profile_count++;
@@ -344,10 +359,10 @@ static int mig_read(struct fp_ctx *ctx, nvmlDevice_t parent, unsigned int slot, 
     nvmlDeviceAttributes_t attrs;
     int rc;
 
+    memset(m, 0, sizeof(*m)); /* canonical bytes: they key the record memo */
     m->slot = slot;
     m->stop_rc = NVML_SUCCESS;
     m->stop_call = FP_CALL_NONE;
-    m->uuid[0] = '\0';
     rc = NV(ctx, nvmlDeviceGetMigDeviceHandleByIndex, parent, slot, &mig);
     m->handle_rc = rc;
     if (rc != NVML_SUCCESS) {
@@ -361,7 +376,7 @@ static int mig_read(struct fp_ctx *ctx, nvmlDevice_t parent, unsigned int slot, 
         return rc;                                                 \
     }
     MIG_STEP(FP_CALL_UUID, NV(ctx, nvmlDeviceGetUUID, mig, m->uuid, FP_STR_LEN));
-    m->uuid[FP_STR_LEN - 1] = '\0';
+    to_pascal(m->uuid, FP_STR_LEN);
     MIG_STEP(FP_CALL_GPU_INSTANCE_ID, NV(ctx, nvmlDeviceGetGpuInstanceId, mig, &m->gpu_instance_id));
     MIG_STEP(FP_CALL_COMPUTE_INSTANCE_ID,
              NV(ctx, nvmlDeviceGetComputeInstanceId, mig, &m->compute_instance_id));
@@ -400,13 +415,15 @@ static int gpu_read(struct fp_ctx *ctx, unsigned int index, unsigned int profile
     unsigned int slot, slots;
     int rc;
 
+    /* Canonical bytes (no leftovers from an earlier inventory in strings or
+       fields a failed call never wrote): Python keys its record memo on them. */
+    memset(g, 0, offsetof(fp_gpu_t, profiles));
     g->index = index;
     g->stop_rc = NVML_SUCCESS;
     g->stop_call = FP_CALL_NONE;
     g->minor_rc = g->uuid_rc = g->name_rc = g->brand_rc = g->arch_rc = g->cc_rc = FP_NOT_CALLED;
     g->memory_rc = g->pci_rc = g->mig_mode_rc = g->max_mig_rc = FP_NOT_CALLED;
-    g->uuid[0] = g->name[0] = g->bus_id[0] = '\0';
-    g->profile_count = g->mig_count = g->max_mig_count = 0;
+    g->profile_count = g->mig_count = g->mig_failed = g->max_mig_count = 0;
 
     rc = NV(ctx, nvmlDeviceGetHandleByIndex_v2, index, &dev);
     if (rc != NVML_SUCCESS) {
@@ -432,11 +449,11 @@ static int gpu_read(struct fp_ctx *ctx, unsigned int index, unsigned int profile
     }
     REQUIRED(minor_rc, FP_CALL_MINOR, NV(ctx, nvmlDeviceGetMinorNumber, dev, &g->minor));
     REQUIRED(uuid_rc, FP_CALL_UUID, NV(ctx, nvmlDeviceGetUUID, dev, g->uuid, FP_STR_LEN));
-    g->uuid[FP_STR_LEN - 1] = '\0';
+    to_pascal(g->uuid, FP_STR_LEN);
     OPTIONAL(name_rc, FP_CALL_NAME, NV(ctx, nvmlDeviceGetName, dev, g->name, FP_STR_LEN));
-    g->name[FP_STR_LEN - 1] = '\0';
     if (g->name_rc != NVML_SUCCESS)
         g->name[0] = '\0';
+    to_pascal(g->name, FP_STR_LEN);
     {
         nvmlBrandType_t brand = NVML_BRAND_UNKNOWN;
         OPTIONAL(brand_rc, FP_CALL_BRAND, NV(ctx, nvmlDeviceGetBrand, dev, &brand));
@@ -455,6 +472,7 @@ static int gpu_read(struct fp_ctx *ctx, unsigned int index, unsigned int profile
     memset(&pci, 0, sizeof(pci));
     OPTIONAL(pci_rc, FP_CALL_PCI, NV(ctx, nvmlDeviceGetPciInfo_v3, dev, &pci));
     copy_str(g->bus_id, sizeof(g->bus_id), g->pci_rc == NVML_SUCCESS ? pci.busId : "");
+    to_pascal(g->bus_id, sizeof(g->bus_id));
     OPTIONAL(mig_mode_rc, FP_CALL_MIG_MODE,
              NV(ctx, nvmlDeviceGetMigMode, dev, &g->mig_current, &g->mig_pending));
 #undef REQUIRED
@@ -487,6 +505,8 @@ static int gpu_read(struct fp_ctx *ctx, unsigned int index, unsigned int profile
         /* An empty slot is normal and not worth a record. */
         if (m->handle_rc == NVML_ERROR_NOT_FOUND || m->handle_rc == NVML_ERROR_INVALID_ARGUMENT)
             continue;
+        if (m->stop_rc != NVML_SUCCESS)
+            g->mig_failed++;
         g->mig_count++;
     }
     return NVML_SUCCESS;
@@ -516,9 +536,9 @@ int fp_inventory(fp_ctx_t *ctx, unsigned int profile_index_count, fp_inventory_t
     }
     out->driver_version_rc =
         NV(ctx, nvmlSystemGetDriverVersion, out->driver_version, FP_VERSION_LEN);
-    out->driver_version[FP_VERSION_LEN - 1] = '\0';
     if (out->driver_version_rc != NVML_SUCCESS)
         out->driver_version[0] = '\0';
+    to_pascal(out->driver_version, FP_VERSION_LEN);
     out->cuda_version_rc = NV(ctx, nvmlSystemGetCudaDriverVersion_v2, &out->cuda_version);
     if (out->cuda_version_rc == NVML_ERROR_FUNCTION_NOT_FOUND)
         out->cuda_version_rc = NV(ctx, nvmlSystemGetCudaDriverVersion, &out->cuda_version);

@@ -59,6 +59,16 @@
 
 typedef struct fp_ctx fp_ctx_t;
 
+/* The char arrays of fp_profile_t, fp_mig_t, fp_gpu_t and fp_inventory_t hold
+   length-prefixed strings: the first byte is the length, the text follows,
+   the rest is zero (Python reads them with struct's 'p' format). */
+
+/* One possible GPU-instance placement, in memory slices. */
+typedef struct {
+    unsigned int start;
+    unsigned int size;
+} fp_placement_t;
+
 /* One GPU-instance profile, queried by profile index (0..count-1). */
 typedef struct {
     unsigned int profile_index;
@@ -75,8 +85,7 @@ typedef struct {
     char name[96];
     int placements_rc; /* nvmlDeviceGetGpuInstancePossiblePlacements_v2 */
     unsigned int placement_count;
-    unsigned int placement_start[16];
-    unsigned int placement_size[16];
+    fp_placement_t placements[16];
 } fp_profile_t;
 
 /* One MIG slot. Steps run in order; the first failure is stop_call/stop_rc. */
@@ -131,6 +140,7 @@ typedef struct {
     int max_mig_rc;
     unsigned int max_mig_count; /* as NVML reported it */
     unsigned int mig_count;     /* slots filled in migs[] (<= FP_MAX_MIGS) */
+    unsigned int mig_failed;    /* of those, entries with stop_rc != SUCCESS */
     fp_mig_t migs[16];
 } fp_gpu_t;
 
