@@ -2,7 +2,8 @@
 
 Start order (each step needs the previous one):
   socket paths checked -> NVML opened and read (worker thread) -> inventory ->
-  health board -> API client (optional) -> preparer (checkpoint loaded) ->
+  health board -> health monitor (events registered; when --health) ->
+  API client (optional) -> preparer (checkpoint loaded) ->
   slice publisher (background) -> DRA socket -> registration socket.
 A failure before the sockets exist exits non-zero with one clear message:
 a plugin without NVML, or without its sockets, must not look alive to the
@@ -31,6 +32,7 @@ from .sysfs import pcie_root_resolver
 if TYPE_CHECKING:  # heavy imports stay lazy: they cost startup time and memory
     from kubernetes.client import ApiClient
 
+    from .health.monitor import HealthMonitor
     from .nvml.types import NvmlBackend
     from .prepare.preparer import ClaimPreparer
     from .slices.publisher import SlicePublisher
@@ -68,6 +70,7 @@ class App:
         self.api: ApiClient | None = None
         self.plugin: KubeletPlugin | None = None
         self.preparer: ClaimPreparer | None = None
+        self.monitor: HealthMonitor | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
@@ -121,6 +124,8 @@ class App:
         self.board = HealthBoard(d.name for d in inventory.devices)
         for problem in inventory.problems:
             log.warning("inventory: %s", problem)
+        if s.health:
+            await self._start_monitor(backend, inventory, self.board)
 
         self.api = self._api_client()
         preparer = await self._preparer(inventory)
@@ -163,6 +168,25 @@ class App:
             backend.close()
             raise StartupError(f"cannot read the GPU inventory from NVML: {e}") from e
         return backend, build_inventory(snapshot, backend.name, pcie_root_resolver(s.sys_root))
+
+    async def _start_monitor(
+        self, backend: NvmlBackend, inventory: Inventory, board: HealthBoard
+    ) -> None:
+        """Events are registered before the sockets exist: no fault after "ready" is missed."""
+        from .health.monitor import HealthMonitor, MonitorConfig
+        from .health.policy import PolicyConfig
+
+        s = self.settings
+        config = MonitorConfig(
+            poll_interval=s.health_poll_interval,
+            policy=PolicyConfig(
+                hold_seconds=s.health_hold,
+                ignored_xids=frozenset(s.health_ignored_xids),
+                temperature_threshold_c=s.health_temperature_threshold,
+            ),
+        )
+        self.monitor = HealthMonitor(backend, inventory, board, config)
+        await self.monitor.start()
 
     def _api_client(self) -> ApiClient | None:
         from .k8s import NoApiServerConfigError, load_api_client
@@ -229,6 +253,8 @@ class App:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.monitor is not None:
+            await self.monitor.stop()  # before the backend closes under its event wait
         if self.preparer is not None:
             await self.preparer.close()
         if self.backend is not None:

@@ -11,6 +11,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .health.policy import (
+    DEFAULT_HOLD_SECONDS,
+    DEFAULT_IGNORED_XIDS,
+    DEFAULT_TEMPERATURE_THRESHOLD_C,
+)
+
 DEFAULT_DRIVER = "gpu.nvidia.com"
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 
@@ -32,6 +38,10 @@ class Settings:
     sys_root: Path = Path("/sys")
     driver_root: Path = Path("/")  # where the NVIDIA driver's files are on the host
     health: bool = True
+    health_poll_interval: float = 10.0  # seconds between degradation samples
+    health_hold: float = DEFAULT_HOLD_SECONDS  # quiet time before an event's condition clears
+    health_ignored_xids: tuple[int, ...] = DEFAULT_IGNORED_XIDS
+    health_temperature_threshold: int = DEFAULT_TEMPERATURE_THRESHOLD_C  # 0: off
     log_level: str = "INFO"
     partitionable_devices: bool = False  # publish KEP-4815 counter sets + abstract MIG devices
 
@@ -56,6 +66,51 @@ class Settings:
 def _env(name: str, default: str | None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def _xid_list(text: str) -> tuple[int, ...]:
+    """Comma-separated XID numbers; empty or "none" ignores none."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        xids = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated XID numbers, got {text!r}"
+        ) from None
+    if any(x < 0 for x in xids):
+        raise argparse.ArgumentTypeError(f"XIDs are non-negative numbers, got {text!r}")
+    return tuple(xids)
+
+
+def _celsius(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of degrees: {text!r}") from None
+    if not 0 <= value <= 200:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) to 200, got {text}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +153,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=_env("DEVICE_HEALTH", "true") not in ("0", "false", "no"),
     )
+    parser.add_argument(
+        "--health-poll-interval",
+        type=_positive_seconds,
+        default=_env("HEALTH_POLL_INTERVAL", str(d.health_poll_interval)),
+        metavar="SECONDS",
+        help="sample degradation signals (ECC, row remapping, clocks, PCIe, temperature) this "
+        "often (env HEALTH_POLL_INTERVAL)",
+    )
+    parser.add_argument(
+        "--health-hold",
+        type=_non_negative_seconds,
+        default=_env("HEALTH_HOLD", str(d.health_hold)),
+        metavar="SECONDS",
+        help="an XID, ECC or recovery-action condition clears only after this long without a "
+        "repeat, once the GPU answers NVML normally (env HEALTH_HOLD)",
+    )
+    parser.add_argument(
+        "--health-ignored-xids",
+        type=_xid_list,
+        default=_env("HEALTH_IGNORED_XIDS", ",".join(map(str, d.health_ignored_xids))),
+        metavar="XID,...",
+        help="XIDs that are application errors, not device faults; 'none' to ignore none "
+        "(env HEALTH_IGNORED_XIDS)",
+    )
+    parser.add_argument(
+        "--health-temperature-threshold",
+        type=_celsius,
+        default=_env("HEALTH_TEMPERATURE_THRESHOLD", str(d.health_temperature_threshold)),
+        metavar="CELSIUS",
+        help="a GPU at or above this temperature is Degraded; 0 turns the check off "
+        "(env HEALTH_TEMPERATURE_THRESHOLD)",
+    )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
     parser.add_argument(
         "--partitionable-devices",
@@ -124,6 +211,10 @@ def from_args(ns: argparse.Namespace) -> Settings:
         sys_root=Path(ns.sys_root),
         driver_root=Path(ns.driver_root),
         health=ns.health,
+        health_poll_interval=ns.health_poll_interval,
+        health_hold=ns.health_hold,
+        health_ignored_xids=tuple(ns.health_ignored_xids),
+        health_temperature_threshold=ns.health_temperature_threshold,
         log_level=ns.log_level,
         partitionable_devices=getattr(ns, "partitionable_devices", False),
     )

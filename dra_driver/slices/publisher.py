@@ -63,7 +63,9 @@ def health_taints(health: Sequence[DeviceHealth], driver: str) -> dict[str, list
 
     Unhealthy -> NoSchedule `<driver>/unhealthy=<reason>`: new claims avoid the
     device, running pods are left alone (eviction is the admin's decision, via
-    a DeviceTaintRule). Degraded and unknown devices stay schedulable.
+    a DeviceTaintRule). Degraded and unknown devices stay schedulable and get no
+    taint: the informational effect None is valid only from Kubernetes 1.35, and
+    the health stream's message already says what is degraded.
     """
     out: dict[str, list[dict[str, str]]] = {}
     for h in health:
