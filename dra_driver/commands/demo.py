@@ -3,8 +3,9 @@
 Starts the real plugin process on the bundled fake NVML against an in-process
 API server double and plays the kubelet towards it: registration, the
 published ResourceSlices, a claim prepared and unprepared, the device health
-stream with an injected XID, and a clean stop. No GPU, cluster or kubelet
-directory of the host is touched: everything lives in one work directory.
+stream with an injected XID (the device turns Unhealthy, its slice gets a
+taint, and both clear after recovery), and a clean stop. No GPU, cluster or
+kubelet directory of the host is touched: everything lives in one work directory.
 It is a tour for a person and a smoke test of the assembled pieces at once,
 so every step checks what it shows and a failed step ends the demo with exit 1.
 """
@@ -21,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,7 +50,10 @@ DEMO_XID = 48
 READY_TIMEOUT = 20.0
 SLICES_TIMEOUT = 10.0
 CALL_TIMEOUT = 10.0
-HEALTH_CHANGE_TIMEOUT = 2.0
+HEALTH_CHANGE_TIMEOUT = 5.0
+# The plugin's hold for event-driven conditions, short so the demo shows recovery.
+DEMO_HOLD = 2.0
+DEMO_POLL_INTERVAL = 0.25
 STOP_TIMEOUT = 10.0
 HINT_PORT = 6443
 LOG_TAIL_LINES = 20
@@ -72,6 +76,10 @@ _PLUGIN_ENV = (
     "SYS_ROOT",
     "NVIDIA_DRIVER_ROOT",
     "DEVICE_HEALTH",
+    "HEALTH_POLL_INTERVAL",
+    "HEALTH_HOLD",
+    "HEALTH_IGNORED_XIDS",
+    "HEALTH_TEMPERATURE_THRESHOLD",
     "LOG_LEVEL",
     "PARTITIONABLE_DEVICES",
     "FAKE_NVML",
@@ -354,6 +362,8 @@ class Demo:
             f"--proc-root={self.host.proc_root}",
             f"--driver-root={self.host.driver_root}",
             f"--sys-root={self.host.root / 'sys'}",
+            f"--health-hold={DEMO_HOLD:g}",
+            f"--health-poll-interval={DEMO_POLL_INTERVAL:g}",
         ]
         env = {k: v for k, v in os.environ.items() if k not in _PLUGIN_ENV}
         env["FAKE_NVML_FAULTS"] = str(self.fault_log)
@@ -528,45 +538,101 @@ class Demo:
                 gi, ci = target.mig.gpu_instance_id, target.mig.compute_instance_id
                 where += f" GI {gi} CI {ci}"
             self.heading(8, f"Inject XID {DEMO_XID} on {where} (behind {target.name})")
-            self.node.faults.xid(gpu.index, DEMO_XID, gi, ci)
             self.injected = f"xid --gpu {gpu.index} --xid {DEMO_XID}" + (
                 f" --gi {gi} --ci {ci}" if gi is not None else ""
             )
-            changed = await self.next_change(stream, before)
+            t0 = time.monotonic()
+            self.node.faults.xid(gpu.index, DEMO_XID, gi, ci)
+            changed = await self.until(
+                stream,
+                lambda now: now.get(target.name, ("", ""))[0] == "UNHEALTHY",
+                HEALTH_CHANGE_TIMEOUT,
+                f"{target.name} to turn Unhealthy on the stream",
+            )
+            self.say(f"   the stream reports, {1000 * (time.monotonic() - t0):.0f} ms later:")
+            for line in _health_table(changed, before, indent="     "):
+                self.say(line)
+            others = sorted(
+                n for n, (h, _) in changed.items() if n != target.name and h != "HEALTHY"
+            )
+            if others:
+                raise StepFailed(f"the XID also hit {', '.join(others)}: wrong blast radius")
+            siblings = f" (GPU {gpu.index}'s other MIG devices too)" if target.mig else ""
+            self.say(f"   every other device{siblings} stays Healthy")
+            taint = await self.slice_taint(target.name, present=True)
+            self.say(
+                f"   ResourceSlice: {target.name} tainted {taint} "
+                f"({time.monotonic() - t0:.1f}s after the XID; new claims avoid it)"
+            )
+
+            self.node.faults.recover(gpu.index)
+            self.say(
+                f"   inject recover --gpu {gpu.index} (as after a GPU reset): the XID is held "
+                f"until {DEMO_HOLD:g}s pass without a repeat on a GPU that answers NVML"
+            )
+            await self.until(
+                stream,
+                lambda now: now.get(target.name, ("", ""))[0] == "HEALTHY",
+                DEMO_HOLD + HEALTH_CHANGE_TIMEOUT,
+                f"{target.name} to recover on the stream",
+            )
+            self.say(f"   {target.name} HEALTHY again, {time.monotonic() - t0:.1f}s after the XID")
+            await self.slice_taint(target.name, present=False)
+            self.say(
+                f"   ResourceSlice: taint removed ({time.monotonic() - t0:.1f}s after the XID)"
+            )
         finally:
             await stream.aclose()
-        if changed is None:
-            healthy = all(h == "HEALTHY" for h, _ in before.values())
-            self.say(
-                f"   no change on the stream within {HEALTH_CHANGE_TIMEOUT:.0f}s: the plugin does "
-                "not monitor NVML events yet, so "
-                + ("every device still reports Healthy" if healthy else "the stream is unchanged")
-            )
-            return
-        self.say("   the stream now reports:")
-        for line in _health_table(changed, before, indent="     "):
-            self.say(line)
 
-    async def next_change(
-        self, stream: AsyncIterator[NodeWatchResourcesResponse], before: dict[str, tuple[str, str]]
-    ) -> dict[str, tuple[str, str]] | None:
-        """The first message that differs from before, or None within the timeout.
-
-        Periodic re-sends repeat the same list; only a different one counts.
-        """
+    async def until(
+        self,
+        stream: AsyncIterator[NodeWatchResourcesResponse],
+        done: Callable[[dict[str, tuple[str, str]]], bool],
+        timeout: float,
+        what: str,
+    ) -> dict[str, tuple[str, str]]:
+        """The first health list for which done() holds; StepFailed after the timeout."""
         import asyncio
 
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + HEALTH_CHANGE_TIMEOUT
+        deadline = loop.time() + timeout
+        last: dict[str, tuple[str, str]] = {}
         while (left := deadline - loop.time()) > 0:
             try:
                 message = await asyncio.wait_for(_next(stream), left)
             except TimeoutError:
-                return None
-            now = _health_map(message)
-            if now != before:
-                return now
-        return None
+                break
+            last = _health_map(message)
+            if done(last):
+                return last
+        seen = ", ".join(f"{n} {h}" for n, (h, _) in sorted(last.items())) or "nothing"
+        raise StepFailed(f"timed out after {timeout:.0f}s waiting for {what} (last seen: {seen})")
+
+    async def slice_taint(self, device: str, present: bool) -> str:
+        """Wait until the published device has (or no longer has) a taint; returns it."""
+        import asyncio
+
+        assert self.api is not None
+        api = self.api
+
+        def taints() -> list[dict[str, Any]]:
+            for s in api.slices(driver=DRIVER, node=NODE):
+                for d in s["spec"].get("devices") or []:
+                    if d.get("name") == device:
+                        return list(d.get("taints") or [])
+            return []
+
+        async def settled() -> str:
+            while True:
+                found = taints()
+                if bool(found) == present:
+                    return ", ".join(
+                        f"{t['key']}={t.get('value', '')}:{t['effect']}" for t in found
+                    )
+                await asyncio.sleep(0.05)
+
+        what = "the taint to appear" if present else "the taint to go"
+        return await self.guarded(settled(), SLICES_TIMEOUT, f"waiting for {what} on {device}")
 
     async def unprepare(self, dra: DraClient, ref: ClaimRef) -> None:
         self.heading(9, "Unprepare the claim (NodeUnprepareResources v1)")

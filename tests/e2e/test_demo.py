@@ -82,7 +82,14 @@ def test_demo_runs_a_whole_node_and_cleans_up() -> None:
     assert re.search(r"^\s+gpu-1\s+HEALTHY$", section(out, 7), re.M), out
     fault = section(out, 8)
     assert "XID 48 on GPU 0 GI" in fault and f"behind {MIG}" in fault, fault
-    assert "every device still reports Healthy" in fault or "the stream now reports" in fault
+    # Exactly the MIG device behind the XID changes on the stream ...
+    changed = re.findall(r"^\s+(gpu-\S+)\s+HEALTHY\s+UNHEALTHY\s+(.*)$", fault, re.M)
+    assert changed == [(MIG, "xid-48 (unhealthy): XID 48 (double-bit ECC error)")], fault
+    assert "every other device (GPU 0's other MIG devices too) stays Healthy" in fault
+    # ... its slice entry gets the taint, and both clear after the recovery.
+    assert f"{MIG} tainted gpu.nvidia.com/unhealthy=xid-48:NoSchedule" in fault, fault
+    assert re.search(rf"^\s+{MIG} HEALTHY again", fault, re.M), fault
+    assert "ResourceSlice: taint removed" in fault, fault
 
     unprepared = section(out, 9)
     assert f"claim {uid.group(1)} unprepared; CDI spec" in unprepared, unprepared
