@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,21 @@ class Settings:
         return self.state_dir if self.state_dir is not None else self.plugin_dir
 
 
+# Every variable a flag reads, recorded by _env() as add_arguments() runs.
+_ENV_NAMES: set[str] = set()
+# Read by a child plugin process without being flags: the in-cluster API
+# server address and the fake NVML's own settings.
+_OTHER_ENV = (
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "FAKE_NVML_TOPOLOGY",
+    "FAKE_NVML_FAULTS",
+    "FAKE_NVML_STATE_DIR",
+)
+
+
 def _env(name: str, default: str | None) -> str | None:
+    _ENV_NAMES.add(name)
     value = os.environ.get(name)
     return value if value not in (None, "") else default
 
@@ -192,6 +207,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("PARTITIONABLE_DEVICES", "false") in ("1", "true", "yes"),
         help="publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36)",
     )
+
+
+def hermetic_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment without any variable that would steer a child `dra-driver`.
+
+    For launching a plugin process whose behaviour depends on its flags alone
+    (the demo, the end-to-end tests), whatever the caller's shell exports.
+    """
+    add_arguments(argparse.ArgumentParser())  # records the variable of every flag
+    drop = _ENV_NAMES.union(_OTHER_ENV)
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if k not in drop}
 
 
 def from_args(ns: argparse.Namespace) -> Settings:

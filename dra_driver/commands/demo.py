@@ -26,6 +26,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .. import settings as settings_mod
+
 if TYPE_CHECKING:  # heavy imports stay out of the CLI's start-up
     from ..inventory import Device, Inventory
     from ..kubelet.proto.drahealth_v1alpha1_pb2 import NodeWatchResourcesResponse
@@ -57,36 +59,6 @@ DEMO_POLL_INTERVAL = 0.25
 STOP_TIMEOUT = 10.0
 HINT_PORT = 6443
 LOG_TAIL_LINES = 20
-
-# Settings the plugin would read from the environment: the demo passes its own
-# flags, so nothing from the caller's shell may change what the node looks like.
-_PLUGIN_ENV = (
-    "DRIVER_NAME",
-    "NODE_NAME",
-    "KUBELET_PLUGINS_DIRECTORY_PATH",
-    "KUBELET_REGISTRAR_DIRECTORY_PATH",
-    "CDI_ROOT",
-    "STATE_DIR",
-    "NVML_LIBRARY",
-    "KUBECONFIG",
-    "KUBERNETES_SERVICE_HOST",
-    "KUBERNETES_SERVICE_PORT",
-    "DEV_ROOT",
-    "PROC_ROOT",
-    "SYS_ROOT",
-    "NVIDIA_DRIVER_ROOT",
-    "DEVICE_HEALTH",
-    "HEALTH_POLL_INTERVAL",
-    "HEALTH_HOLD",
-    "HEALTH_IGNORED_XIDS",
-    "HEALTH_TEMPERATURE_THRESHOLD",
-    "LOG_LEVEL",
-    "PARTITIONABLE_DEVICES",
-    "FAKE_NVML",
-    "FAKE_NVML_TOPOLOGY",
-    "FAKE_NVML_FAULTS",
-    "FAKE_NVML_STATE_DIR",
-)
 
 
 def register(sub: Any) -> None:
@@ -365,7 +337,9 @@ class Demo:
             f"--health-hold={DEMO_HOLD:g}",
             f"--health-poll-interval={DEMO_POLL_INTERVAL:g}",
         ]
-        env = {k: v for k, v in os.environ.items() if k not in _PLUGIN_ENV}
+        # The demo passes its own flags: nothing the caller's shell exports may
+        # change what the simulated node looks like.
+        env = settings_mod.hermetic_environ()
         env["FAKE_NVML_FAULTS"] = str(self.fault_log)
         # The plugin runs in the work directory: make this very package importable there.
         package_root = str(Path(dra_driver.__file__).resolve().parent.parent)

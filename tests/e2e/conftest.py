@@ -26,39 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from dra_driver.settings import hermetic_environ
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVER_NAME = "gpu.nvidia.com"
 NODE_NAME = "node-e2e"
-
-# Settings read from the environment (dra_driver/settings.py); never inherited.
-_SETTINGS_ENV = (
-    "DRIVER_NAME",
-    "NODE_NAME",
-    "KUBELET_PLUGINS_DIRECTORY_PATH",
-    "KUBELET_REGISTRAR_DIRECTORY_PATH",
-    "CDI_ROOT",
-    "STATE_DIR",
-    "NVML_LIBRARY",
-    "NVML_BACKEND",
-    "KUBECONFIG",
-    "KUBERNETES_SERVICE_HOST",
-    "KUBERNETES_SERVICE_PORT",
-    "DEV_ROOT",
-    "PROC_ROOT",
-    "SYS_ROOT",
-    "NVIDIA_DRIVER_ROOT",
-    "DEVICE_HEALTH",
-    "HEALTH_POLL_INTERVAL",
-    "HEALTH_HOLD",
-    "HEALTH_IGNORED_XIDS",
-    "HEALTH_TEMPERATURE_THRESHOLD",
-    "LOG_LEVEL",
-    "PARTITIONABLE_DEVICES",
-    "FAKE_NVML",
-    "FAKE_NVML_TOPOLOGY",
-    "FAKE_NVML_FAULTS",
-    "FAKE_NVML_STATE_DIR",
-)
 
 
 def fake_nvml_library() -> str:
@@ -164,7 +136,7 @@ class PluginProcess:
 
 
 def hermetic_env(root: Path, topology: str, extra: Mapping[str, str] | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_ENV}
+    env = hermetic_environ()
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO_ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
     )

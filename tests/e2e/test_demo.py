@@ -7,14 +7,15 @@ check that it leaves nothing behind (temp dir, plugin process).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import _SETTINGS_ENV, REPO_ROOT, fake_nvml_library
+from dra_driver.settings import hermetic_environ
+
+from .conftest import REPO_ROOT, fake_nvml_library
 
 # `python -m dra_driver inventory --fake-nvml small`
 SMALL_DEVICES = (
@@ -30,7 +31,7 @@ UID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 def run_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     fake_nvml_library()  # skips when the fake library is not built
-    full_env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_ENV}
+    full_env = hermetic_environ()
     full_env["PYTHONPATH"] = str(REPO_ROOT)
     full_env.update(env or {})
     return subprocess.run(

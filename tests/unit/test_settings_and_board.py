@@ -78,3 +78,16 @@ async def test_board_follows_inventory_changes() -> None:
     assert board.version == v + 1
     board.set_devices(["gpu-1", "gpu-2"])
     assert board.version == v + 1
+
+
+def test_hermetic_environ_drops_every_flag_variable() -> None:
+    parser = argparse.ArgumentParser()
+    settings_mod.add_arguments(parser)
+    flag_vars = {"NODE_NAME", "KUBECONFIG", "CDI_ROOT", "NVML_BACKEND", "HEALTH_HOLD", "FAKE_NVML"}
+    environ = {name: "x" for name in flag_vars} | {
+        "FAKE_NVML_TOPOLOGY": "small",
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+    }
+    assert settings_mod.hermetic_environ(environ) == {"PATH": "/usr/bin", "HOME": "/root"}
