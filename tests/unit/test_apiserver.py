@@ -6,8 +6,7 @@ import threading
 from typing import Any
 
 import pytest
-from kubernetes import client, watch
-from test_apiserver_helpers import (
+from apiserver_fixtures import (
     DRIVER,
     NODE,
     allocation,
@@ -22,6 +21,7 @@ from test_apiserver_helpers import (
     resource_v1,
     slice_body,
 )
+from kubernetes import client, watch
 
 from dra_driver.testing.apiserver import ApiServerDouble
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 import urllib3
-from kubernetes import client, watch
-from test_apiserver_helpers import (
+from apiserver_fixtures import (
     api,
     core_v1,
     device,
@@ -27,6 +26,7 @@ from test_apiserver_helpers import (
     slice_body,
     status_of,
 )
+from kubernetes import client, watch
 
 from dra_driver.k8s import load_api_client
 from dra_driver.testing.apiserver import ApiServerDouble

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubernetes import client
-from test_apiserver_helpers import (
+from apiserver_fixtures import (
     DRIVER,
     api,
     claim_body,
@@ -17,6 +16,7 @@ from test_apiserver_helpers import (
     resource_v1,
     slice_body,
 )
+from kubernetes import client
 
 from dra_driver.testing.apiserver import validation as v
 
