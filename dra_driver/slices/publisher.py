@@ -49,6 +49,8 @@ from .plan import Plan, fingerprint, normalize_spec, plan_pool
 log = logging.getLogger(__name__)
 
 UNHEALTHY_TAINT = "unhealthy"  # key is "<driver>/unhealthy"
+XID_TAINT = "xid"  # NVIDIA's key for XID errors: "<driver>/xid=<n>"
+GPU_LOST_TAINT = "gpu-lost"  # NVIDIA's key for a GPU off the bus
 MAX_PASSES = 5  # re-plans after conflicts before backing off
 
 
@@ -58,26 +60,37 @@ def taint_value(reason: str) -> str:
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", text) or "unknown"
 
 
+def health_taint(reason: str, driver: str) -> dict[str, str]:
+    """The NoSchedule taint for one Unhealthy verdict, keyed as NVIDIA's driver keys it.
+
+    XIDs are `<driver>/xid=<n>` and a lost GPU `<driver>/gpu-lost`, exactly
+    NVIDIA's keys, so tolerations written for that driver keep working; every
+    other reason is `<driver>/unhealthy=<reason>`.
+    """
+    if reason.startswith("xid-") and reason[4:].isdigit():
+        return {"key": f"{driver}/{XID_TAINT}", "value": reason[4:], "effect": "NoSchedule"}
+    if reason == "gpu-lost":
+        return {"key": f"{driver}/{GPU_LOST_TAINT}", "effect": "NoSchedule"}
+    return {
+        "key": f"{driver}/{UNHEALTHY_TAINT}",
+        "value": taint_value(reason or "unknown"),
+        "effect": "NoSchedule",
+    }
+
+
 def health_taints(health: Sequence[DeviceHealth], driver: str) -> dict[str, list[dict[str, str]]]:
     """Which health verdicts taint which device, and how.
 
-    Unhealthy -> NoSchedule `<driver>/unhealthy=<reason>`: new claims avoid the
-    device, running pods are left alone (eviction is the admin's decision, via
-    a DeviceTaintRule). Degraded and unknown devices stay schedulable and get no
-    taint: the informational effect None is valid only from Kubernetes 1.35, and
-    the health stream's message already says what is degraded.
+    Unhealthy -> one NoSchedule taint for its reason (see health_taint): new
+    claims avoid the device, running pods are left alone (eviction is the
+    admin's decision, via a DeviceTaintRule). Degraded and unknown devices stay
+    schedulable and get no taint: the informational effect None is valid only
+    from Kubernetes 1.35, and the health stream's message already says what is
+    degraded.
     """
-    out: dict[str, list[dict[str, str]]] = {}
-    for h in health:
-        if h.health is Health.UNHEALTHY:
-            out.setdefault(h.device, []).append(
-                {
-                    "key": f"{driver}/{UNHEALTHY_TAINT}",
-                    "value": taint_value(h.reason or "unknown"),
-                    "effect": "NoSchedule",
-                }
-            )
-    return out
+    return {
+        h.device: [health_taint(h.reason, driver)] for h in health if h.health is Health.UNHEALTHY
+    }
 
 
 @dataclass

@@ -88,7 +88,7 @@ def test_demo_runs_a_whole_node_and_cleans_up() -> None:
     assert changed == [(MIG, "xid-48 (unhealthy): XID 48 (double-bit ECC error)")], fault
     assert "every other device (GPU 0's other MIG devices too) stays Healthy" in fault
     # ... its slice entry gets the taint, and both clear after the recovery.
-    assert f"{MIG} tainted gpu.nvidia.com/unhealthy=xid-48:NoSchedule" in fault, fault
+    assert f"{MIG} tainted gpu.nvidia.com/xid=48:NoSchedule" in fault, fault
     assert re.search(rf"^\s+{MIG} HEALTHY again", fault, re.M), fault
     assert "ResourceSlice: taint removed" in fault, fault
 

@@ -242,7 +242,7 @@ async def test_conflict_is_reread_and_retried(
     assert server.requests.count(method="PUT", resource="resourceslices", status=409) == 1
     assert server.requests.count(method="PUT", resource="resourceslices", status=200) == 1
     tainted = [d for d in published_devices(server) if d.get("taints")]
-    assert [(d["name"], d["taints"][0]["value"]) for d in tainted] == [("gpu-2", "xid-79")]
+    assert [(d["name"], d["taints"][0]["value"]) for d in tainted] == [("gpu-2", "79")]
 
 
 async def test_a_concurrent_edit_by_someone_else_converges(

@@ -455,10 +455,17 @@ def test_only_unhealthy_devices_are_tainted() -> None:
         DeviceHealth("gpu-1", Health.DEGRADED, reason="thermal"),
         DeviceHealth("gpu-2", Health.UNKNOWN),
         DeviceHealth("gpu-3", Health.UNHEALTHY),
+        DeviceHealth("gpu-4", Health.UNHEALTHY, reason="gpu-lost"),
+        DeviceHealth("gpu-5", Health.UNHEALTHY, reason="remap-failure"),
     ]
+    # NVIDIA's keys for XIDs and lost GPUs, so their tolerations keep matching.
     assert health_taints(health, "gpu.nvidia.com") == {
-        "gpu-0": [{"key": "gpu.nvidia.com/unhealthy", "value": "xid-79", "effect": "NoSchedule"}],
+        "gpu-0": [{"key": "gpu.nvidia.com/xid", "value": "79", "effect": "NoSchedule"}],
         "gpu-3": [{"key": "gpu.nvidia.com/unhealthy", "value": "unknown", "effect": "NoSchedule"}],
+        "gpu-4": [{"key": "gpu.nvidia.com/gpu-lost", "effect": "NoSchedule"}],
+        "gpu-5": [
+            {"key": "gpu.nvidia.com/unhealthy", "value": "remap-failure", "effect": "NoSchedule"}
+        ],
     }
 
 
