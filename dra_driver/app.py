@@ -1,7 +1,8 @@
 """The node plugin process: composition and lifecycle of `dra-driver run`.
 
 Start order (each step needs the previous one):
-  socket paths checked -> NVML opened and read (worker thread) -> inventory ->
+  socket paths checked -> metrics endpoint bound (with --metrics-address) ->
+  NVML opened and read (worker thread) -> inventory ->
   health board -> health monitor (events registered; when --health) ->
   API client (optional) -> preparer (checkpoint loaded) ->
   slice publisher (background) -> DRA socket -> registration socket.
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy: they cost startup time and memory
     from kubernetes.client import ApiClient
 
     from .health.monitor import HealthMonitor
+    from .metrics import Metrics, MetricsServer
     from .nvml.types import NvmlBackend
     from .prepare.preparer import ClaimPreparer
     from .slices.publisher import SlicePublisher
@@ -71,6 +73,9 @@ class App:
         self.plugin: KubeletPlugin | None = None
         self.preparer: ClaimPreparer | None = None
         self.monitor: HealthMonitor | None = None
+        self.publisher: SlicePublisher | None = None
+        self.metrics: Metrics | None = None
+        self._metrics_server: MetricsServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
@@ -118,12 +123,16 @@ class App:
                 await asyncio.to_thread(claim_path, path)
             except (SocketPathError, SocketInUseError) as e:
                 raise StartupError(str(e)) from e
+        if s.metrics_address:
+            self.metrics = await asyncio.to_thread(self._serve_metrics)
 
         backend, inventory = await asyncio.to_thread(self._open_nvml)
         self.backend, self.inventory = backend, inventory
         self.board = HealthBoard(d.name for d in inventory.devices)
         for problem in inventory.problems:
             log.warning("inventory: %s", problem)
+        if self.metrics is not None:
+            self.metrics.watch(inventory=inventory, board=self.board)
         if s.health:
             await self._start_monitor(backend, inventory, self.board)
 
@@ -131,8 +140,14 @@ class App:
         preparer = await self._preparer(inventory)
         if self.api is not None:
             self._start_publisher(inventory)
+        if self.metrics is not None:
+            self.metrics.watch(
+                monitor=self.monitor, preparer=self.preparer, publisher=self.publisher
+            )
 
         self.plugin = KubeletPlugin(s, preparer, self.board, self.options)
+        if self.metrics is not None:
+            self.plugin.calls.observer = self.metrics
         try:
             await self.plugin.start()
         except (SocketPathError, SocketInUseError, OSError) as e:
@@ -149,6 +164,23 @@ class App:
             s.dra_socket,
             s.registration_socket,
         )
+
+    def _serve_metrics(self) -> Metrics:
+        """Bind the endpoint first, so a taken port fails the start before anything else runs."""
+        from .metrics import Metrics, MetricsServer
+
+        s = self.settings
+        metrics = Metrics(s.driver_name, s.node_name, process_collectors=True)
+        try:
+            self._metrics_server = MetricsServer(metrics.registry, s.metrics_address)
+        except (OSError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise StartupError(
+                f"cannot serve metrics on --metrics-address {s.metrics_address}: {why}"
+            ) from e
+        self._metrics_server.start()
+        log.info("serving metrics at %s", self._metrics_server.url)
+        return metrics
 
     def _open_nvml(self) -> tuple[NvmlBackend, Inventory]:
         """Open NVML and read the inventory (blocking: runs in a worker thread)."""
@@ -223,6 +255,7 @@ class App:
             publisher = SlicePublisher(self.settings, self.api)
         except ValueError as e:  # a driver or node name the API would reject
             raise StartupError(str(e)) from e
+        self.publisher = publisher
         publisher.set_desired(inventory, self.board.snapshot())
         self._spawn(publisher.run(), "slice-publisher")
         self._spawn(self._feed_health(publisher, inventory, self.board), "slice-health-feed")
@@ -248,6 +281,12 @@ class App:
         self._tasks.append(asyncio.create_task(guarded(), name=name))
 
     async def _shutdown(self) -> None:
+        # The metrics server takes up to half a second to stop; that overlaps the rest.
+        metrics_stopped = (
+            asyncio.create_task(asyncio.to_thread(self._metrics_server.stop))
+            if self._metrics_server is not None
+            else None
+        )
         if self.plugin is not None:
             await self.plugin.stop()
         for task in self._tasks:
@@ -262,4 +301,6 @@ class App:
         if self.api is not None:
             with contextlib.suppress(Exception):
                 self.api.close()
+        if metrics_stopped is not None:
+            await metrics_stopped
         log.info("stopped")

@@ -45,6 +45,7 @@ class Settings:
     health_temperature_threshold: int = DEFAULT_TEMPERATURE_THRESHOLD_C  # 0: off
     log_level: str = "INFO"
     partitionable_devices: bool = False  # publish KEP-4815 counter sets + abstract MIG devices
+    metrics_address: str = ""  # HOST:PORT serving Prometheus /metrics; empty: no endpoint
 
     @property
     def plugin_dir(self) -> Path:
@@ -128,6 +129,32 @@ def _celsius(text: str) -> int:
     return value
 
 
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Split HOST:PORT, [IPv6]:PORT or :PORT (every interface); ValueError says what is wrong."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep:
+        raise ValueError(f"expected HOST:PORT (or :PORT for every interface), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host:
+            raise ValueError(f"empty IPv6 address in {text!r}")
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets, e.g. [::1]:8080; got {text!r}")
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _metrics_address(text: str) -> str:
+    if text.strip() == "":
+        return ""
+    try:
+        parse_host_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.strip()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every common flag; defaults come from the environment, then Settings."""
     d = Settings()
@@ -207,6 +234,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("PARTITIONABLE_DEVICES", "false") in ("1", "true", "yes"),
         help="publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36)",
     )
+    parser.add_argument(
+        "--metrics-address",
+        type=_metrics_address,
+        default=_env("METRICS_ADDRESS", d.metrics_address),
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:8080 or "
+        ":8080 for every interface (NVIDIA's driver calls this --http-endpoint); empty, the "
+        "default, serves none (env METRICS_ADDRESS)",
+    )
 
 
 def hermetic_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -244,6 +280,7 @@ def from_args(ns: argparse.Namespace) -> Settings:
         health_temperature_threshold=ns.health_temperature_threshold,
         log_level=ns.log_level,
         partitionable_devices=getattr(ns, "partitionable_devices", False),
+        metrics_address=getattr(ns, "metrics_address", ""),
     )
 
 

@@ -27,18 +27,24 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from ..inventory import Inventory
 from ..nvml.errors import ERROR_GPU_IS_LOST, SUCCESS, NvmlError, NvmlGpuLostError
 from ..nvml.types import (
+    EVENT_DOUBLE_BIT_ECC,
+    EVENT_GPU_RECOVERY_ACTION,
+    EVENT_GPU_UNAVAILABLE,
+    EVENT_SINGLE_BIT_ECC,
     EVENT_XID_CRITICAL,
     HEALTH_EVENT_MASK,
     EventRegistration,
     HealthSample,
     NvmlBackend,
+    NvmlEvent,
 )
 from .board import HealthBoard
 from .policy import Condition, HealthPolicy, Outcome, PolicyConfig
@@ -67,6 +73,20 @@ class MonitorConfig:
             raise ValueError(f"wait_timeout_ms must be positive, got {self.wait_timeout_ms}")
 
 
+def event_type_name(event_type: int) -> str:
+    """An NVML event type as a short name, with the policy's precedence for combined bits."""
+    for bit, name in (
+        (EVENT_XID_CRITICAL, "xid"),
+        (EVENT_DOUBLE_BIT_ECC, "dbe"),
+        (EVENT_GPU_UNAVAILABLE, "lost"),
+        (EVENT_GPU_RECOVERY_ACTION, "recovery_action"),
+        (EVENT_SINGLE_BIT_ECC, "sbe"),
+    ):
+        if event_type & bit:
+            return name
+    return "other"
+
+
 @dataclass
 class MonitorStats:
     """Counters for tests, benchmarks and metrics."""
@@ -78,6 +98,10 @@ class MonitorStats:
     lost_waits: int = 0
     board_updates: int = 0
     unmonitored_gpus: int = 0
+    # Events by (GPU device name or "unknown", event_type_name()), and XIDs by (GPU, XID);
+    # read them through HealthMonitor.counters() from other threads.
+    events_by_gpu: Counter[tuple[str, str]] = field(default_factory=Counter)
+    xids_by_gpu: Counter[tuple[str, int]] = field(default_factory=Counter)
 
 
 class RateLimitedLog:
@@ -124,6 +148,9 @@ class HealthMonitor:
         self._board = board
         self._clock = clock
         self._lock = threading.Lock()  # one writer of policy + board at a time
+        self._counts_lock = threading.Lock()  # the per-GPU event counters vs. their readers
+        self._gpu_by_uuid = {g.uuid: g.name for g in inventory.gpus}
+        self._gpu_by_index = {g.index: g.name for g in inventory.gpus}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._poll_task: asyncio.Task[None] | None = None
@@ -173,6 +200,15 @@ class HealthMonitor:
     @property
     def event_thread_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def counters(self) -> MonitorStats:
+        """A copy of the stats that is safe to read while the producers run (metrics)."""
+        with self._counts_lock:
+            return replace(
+                self.stats,
+                events_by_gpu=Counter(self.stats.events_by_gpu),
+                xids_by_gpu=Counter(self.stats.xids_by_gpu),
+            )
 
     # -- applying ----------------------------------------------------------------------
 
@@ -251,11 +287,24 @@ class HealthMonitor:
             failures = 0
             try:
                 if event is not None:
-                    self.stats.events += 1
+                    self._count(event)
                     self._apply(partial(self.policy.on_event, event))
                 self._apply(self.policy.expire)
             except Exception:  # a bug: log it, keep watching
                 self._ratelimited("apply", logging.ERROR, "BUG: applying an event", exc_info=True)
+
+    def _count(self, event: NvmlEvent) -> None:
+        # Found as the policy finds it: by UUID when the event has one, else by index.
+        if event.uuid:
+            gpu = self._gpu_by_uuid.get(event.uuid)
+        else:
+            gpu = self._gpu_by_index.get(event.gpu_index)
+        kind = event_type_name(event.event_type)
+        with self._counts_lock:
+            self.stats.events += 1
+            self.stats.events_by_gpu[gpu or "unknown", kind] += 1
+            if kind == "xid":
+                self.stats.xids_by_gpu[gpu or "unknown", event.event_data] += 1
 
     def _pause(self, failures: int) -> None:
         self._stopping.wait(min(self.config.error_backoff * 2 ** (failures - 1), ERROR_BACKOFF_MAX))

@@ -16,10 +16,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from ..prepare.types import ClaimRef, PreparedDevice, Preparer, PrepareResult, UnprepareResult
+from ..prepare.types import (
+    ClaimRef,
+    ErrorKind,
+    PreparedDevice,
+    Preparer,
+    PrepareResult,
+    UnprepareResult,
+)
 from .proto import dra_v1_pb2 as v1
 from .proto import dra_v1_pb2_grpc as v1_grpc
 from .proto import dra_v1beta1_pb2 as v1beta1
@@ -36,6 +44,36 @@ MAX_UID_BYTES = 128
 MAX_ERROR_BYTES = 4096
 
 R = TypeVar("R", PrepareResult, UnprepareResult)
+
+
+class CallObserver(Protocol):
+    """Told about every claim the kubelet asks for (metrics); must be quick and never raise.
+
+    operation is "prepare" or "unprepare". Each claim is started, then finished
+    with an outcome: None for success, else the failure's kind.
+    """
+
+    def claims_started(self, operation: str, count: int) -> None: ...
+
+    def claims_finished(
+        self, operation: str, seconds: float, outcomes: Sequence[ErrorKind | None]
+    ) -> None: ...
+
+
+class _NoObserver:
+    def claims_started(self, operation: str, count: int) -> None:
+        pass
+
+    def claims_finished(
+        self, operation: str, seconds: float, outcomes: Sequence[ErrorKind | None]
+    ) -> None:
+        pass
+
+
+def _outcome(r: PrepareResult | UnprepareResult) -> ErrorKind | None:
+    if not r.error:
+        return None
+    return r.error_kind or ErrorKind.INTERNAL
 
 
 class ClaimMessage(Protocol):
@@ -104,12 +142,20 @@ def collect_claims(claims: Iterable[ClaimMessage]) -> tuple[list[ClaimRef], dict
 
 
 class ClaimCalls:
-    """The version-independent part: validation, bounded concurrency, per-claim errors."""
+    """The version-independent part: validation, bounded concurrency, per-claim errors.
 
-    def __init__(self, preparer: Preparer, max_concurrent: int = 32) -> None:
+    Every claim is reported to `observer` (set it before serving): refused ones at
+    once, the others when the preparer is done with them, even after the kubelet
+    gave up waiting.
+    """
+
+    def __init__(
+        self, preparer: Preparer, max_concurrent: int = 32, observer: CallObserver | None = None
+    ) -> None:
         self._preparer = preparer
         self._slots = asyncio.Semaphore(max_concurrent)
         self._inflight: set[asyncio.Task[Any]] = set()
+        self.observer: CallObserver = observer or _NoObserver()
 
     @property
     def inflight(self) -> int:
@@ -136,18 +182,46 @@ class ClaimCalls:
         method: Callable[[Sequence[ClaimRef]], Awaitable[Mapping[str, R]]],
         result_type: type[R],
     ) -> dict[str, R]:
+        started = time.perf_counter()
         valid, invalid = collect_claims(claims)
-        out: dict[str, R] = {uid: result_type(error=msg) for uid, msg in invalid.items()}
+        out: dict[str, R] = {
+            uid: result_type(error=msg, error_kind=ErrorKind.INVALID_CLAIM)
+            for uid, msg in invalid.items()
+        }
         if invalid:
             examples = dict(list(invalid.items())[:5])
             log.warning("%s: refused %d malformed claim(s), e.g. %s", op, len(invalid), examples)
+            self.observer.claims_started(op, len(invalid))
+            self.observer.claims_finished(
+                op, time.perf_counter() - started, [ErrorKind.INVALID_CLAIM] * len(invalid)
+            )
         if not valid:
             return out
-        task = asyncio.ensure_future(self._guarded(op, valid, method, result_type))
+        task = asyncio.ensure_future(self._observed(op, valid, method, result_type, started))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         out.update(await asyncio.shield(task))
         return out
+
+    async def _observed(
+        self,
+        op: str,
+        claims: list[ClaimRef],
+        method: Callable[[Sequence[ClaimRef]], Awaitable[Mapping[str, R]]],
+        result_type: type[R],
+        started: float,
+    ) -> dict[str, R]:
+        self.observer.claims_started(op, len(claims))
+        results: dict[str, R] = {}
+        try:
+            results = await self._guarded(op, claims, method, result_type)
+            return results
+        finally:
+            # Cancelled (only at shutdown): every claim without an answer counts as internal.
+            outcomes = [
+                _outcome(results[c.uid]) if c.uid in results else ErrorKind.INTERNAL for c in claims
+            ]
+            self.observer.claims_finished(op, time.perf_counter() - started, outcomes)
 
     async def _guarded(
         self,
@@ -162,13 +236,18 @@ class ClaimCalls:
             except Exception as e:
                 log.exception("%s of %d claim(s) failed as a whole", op, len(claims))
                 message = truncate_utf8(f"{op} failed: {type(e).__name__}: {e}", MAX_ERROR_BYTES)
-                return {c.uid: result_type(error=message) for c in claims}
+                return {
+                    c.uid: result_type(error=message, error_kind=ErrorKind.INTERNAL) for c in claims
+                }
         out: dict[str, R] = {}
         for c in claims:
             r = results.pop(c.uid, None)
             if r is None:
                 log.error("%s: preparer returned no result for claim %s", op, c.uid)
-                r = result_type(error=f"internal error: no {op} result for this claim")
+                r = result_type(
+                    error=f"internal error: no {op} result for this claim",
+                    error_kind=ErrorKind.INTERNAL,
+                )
             elif (size := len(r.error.encode())) > MAX_ERROR_BYTES:
                 r = dataclasses.replace(r, error=truncate_utf8(r.error, MAX_ERROR_BYTES))
                 log.warning("%s: claim %s error of %d bytes truncated", op, c.uid, size)

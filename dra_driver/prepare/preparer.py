@@ -31,6 +31,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -56,6 +57,7 @@ from .checkpoint import (
     CheckpointStore,
     ClaimRecord,
     ClaimState,
+    CorruptCheckpoint,
     DeviceRecord,
     LoadReport,
     read_boot_id,
@@ -80,7 +82,14 @@ from .sources import (
     MemoryClaimSource,
     NoApiClaimSource,
 )
-from .types import ClaimRef, PreparedDevice, PrepareResult, PreparerInfo, UnprepareResult
+from .types import (
+    ClaimRef,
+    ErrorKind,
+    PreparedDevice,
+    PrepareResult,
+    PreparerInfo,
+    UnprepareResult,
+)
 
 __all__ = [
     "CRASH_ENV",
@@ -103,6 +112,10 @@ COMPUTE_MODE_DEFAULT = 0  # NVML_COMPUTEMODE_DEFAULT
 
 class ClaimError(Exception):
     """This claim cannot be prepared; the message goes to the kubelet verbatim."""
+
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.INTERNAL) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -285,7 +298,7 @@ class ClaimPreparer:
         try:
             check_claim_uid(ref.uid)
         except InvalidClaimUid as e:
-            return PrepareResult(error=str(e))
+            return PrepareResult(error=str(e), error_kind=ErrorKind.INVALID_CLAIM)
         start = time.perf_counter()
         async with self._claim_lock(ref.uid):
             try:
@@ -294,10 +307,12 @@ class ClaimPreparer:
                 )
             except ClaimError as e:
                 log.warning("prepare %s failed: %s", _ref_text(ref), e)
-                return PrepareResult(error=str(e))
+                return PrepareResult(error=str(e), error_kind=e.kind)
             except Exception as e:
                 log.exception("prepare %s: internal error", _ref_text(ref))
-                return PrepareResult(error=f"internal error: {type(e).__name__}: {e}")
+                return PrepareResult(
+                    error=f"internal error: {type(e).__name__}: {e}", error_kind=ErrorKind.INTERNAL
+                )
         log.info(
             "prepared %s: %s in %.1f ms",
             _ref_text(ref),
@@ -325,7 +340,7 @@ class ClaimPreparer:
         try:
             spec = self._cdi.build(ref.uid, list(devices.values()))
         except CdiError as e:
-            raise ClaimError(str(e)) from e
+            raise ClaimError(str(e), ErrorKind.CDI_OR_CHECKPOINT) from e
         # The spec is staged (written and fsynced under a temp name no runtime reads)
         # while the started record is written. That record is atomic but not fsynced:
         # it only has to outlive a process crash (the page cache does), because after
@@ -360,7 +375,9 @@ class ClaimPreparer:
             self._discard(staging)
             self._roll_back(ref.uid)
             if isinstance(e, CdiError | OSError):
-                raise ClaimError(f"writing the claim's CDI spec or checkpoint: {e}") from e
+                raise ClaimError(
+                    f"writing the claim's CDI spec or checkpoint: {e}", ErrorKind.CDI_OR_CHECKPOINT
+                ) from e
             raise
         return _answer(done)
 
@@ -383,14 +400,17 @@ class ClaimPreparer:
         try:
             claim = self._claims.get_claim(ref.namespace, ref.name)
         except ClaimNotFound as e:
-            raise ClaimError(f"ResourceClaim {ref.namespace}/{ref.name} not found") from e
+            raise ClaimError(
+                f"ResourceClaim {ref.namespace}/{ref.name} not found", ErrorKind.CLAIM_NOT_FOUND
+            ) from e
         except ClaimSourceError as e:
-            raise ClaimError(str(e)) from e
+            raise ClaimError(str(e), ErrorKind.API_SERVER) from e
         uid = (claim.get("metadata") or {}).get("uid")
         if uid != ref.uid:
             raise ClaimError(
                 f"ResourceClaim {ref.namespace}/{ref.name} has UID {uid}, not {ref.uid}: "
-                "the claim was replaced"
+                "the claim was replaced",
+                ErrorKind.CLAIM_NOT_FOUND,
             )
         return claim
 
@@ -398,7 +418,10 @@ class ClaimPreparer:
         driver, pool = self._settings.driver_name, self._settings.node_name
         allocation = (claim.get("status") or {}).get("allocation")
         if not isinstance(allocation, dict):
-            raise ClaimError(f"ResourceClaim {ref.namespace}/{ref.name} is not allocated")
+            raise ClaimError(
+                f"ResourceClaim {ref.namespace}/{ref.name} is not allocated",
+                ErrorKind.NOT_ALLOCATED,
+            )
         alloc_devices = allocation.get("devices") or {}
         results = [
             r
@@ -410,7 +433,7 @@ class ClaimPreparer:
         try:
             configs = decode_configs(alloc_devices, driver)
         except ConfigError as e:
-            raise ClaimError(f"invalid opaque configuration: {e}") from e
+            raise ClaimError(f"invalid opaque configuration: {e}", ErrorKind.CONFIG) from e
         inventory = self._inventory()
         plans = []
         for r in results:
@@ -418,19 +441,21 @@ class ClaimPreparer:
             if rpool != pool:
                 raise ClaimError(
                     f"request {request!r}: device {name} was allocated from pool {rpool!r}, "
-                    f"not this node's pool {pool!r}"
+                    f"not this node's pool {pool!r}",
+                    ErrorKind.NOT_ALLOCATED,
                 )
             device = inventory.device(str(name))
             if device is None:
                 raise ClaimError(
                     f"request {request!r}: device {name!r} is not a device of this node "
-                    f"(unknown to the current inventory of pool {pool!r})"
+                    f"(unknown to the current inventory of pool {pool!r})",
+                    ErrorKind.DEVICE_UNAVAILABLE,
                 )
             self._check_health(request, device, inventory)
             try:
                 config = config_for(request, device.type is DeviceType.MIG, configs)
             except ConfigError as e:
-                raise ClaimError(f"invalid opaque configuration: {e}") from e
+                raise ClaimError(f"invalid opaque configuration: {e}", ErrorKind.CONFIG) from e
             share = r.get("shareID")
             plans.append(
                 _Planned(
@@ -456,7 +481,10 @@ class ClaimPreparer:
             if h is not None and h.health is Health.UNHEALTHY:
                 why = h.message or h.reason or "no detail"
                 subject = device.name if name == device.name else f"{device.name}'s GPU {name}"
-                raise ClaimError(f"request {request!r}: {subject} is unhealthy: {why}")
+                raise ClaimError(
+                    f"request {request!r}: {subject} is unhealthy: {why}",
+                    ErrorKind.DEVICE_UNHEALTHY,
+                )
 
     def _actions(self, plans: Sequence[_Planned]) -> list[_Action]:
         """NVML settings the configs ask for; refuses what this driver cannot do."""
@@ -469,7 +497,8 @@ class ClaimPreparer:
             if sharing.strategy is SharingStrategy.MPS:
                 raise ClaimError(
                     f"{c.where}: MPS sharing needs an MPS control daemon, "
-                    "which this driver does not run yet"
+                    "which this driver does not run yet",
+                    ErrorKind.CONFIG,
                 )
             if not isinstance(c.config, GpuConfig):
                 continue  # TimeSlicing on a MIG device: MIG devices time-slice already
@@ -480,13 +509,15 @@ class ClaimPreparer:
                 raise ClaimError(
                     f"{c.where}: time-slice interval {interval} needs "
                     "`nvidia-smi compute-policy --set-timeslice`, which this driver does not "
-                    "run yet; use interval Default"
+                    "run yet; use interval Default",
+                    ErrorKind.CONFIG,
                 )
             actions[p.gpu_uuid] = _Action(p.gpu_uuid, COMPUTE_MODE_DEFAULT)
         if actions and self._nvml is None:
             raise ClaimError(
                 "the claim's TimeSlicing configuration sets the GPU compute mode through NVML, "
-                "and no NVML backend is available"
+                "and no NVML backend is available",
+                ErrorKind.CONFIG,
             )
         return [actions[k] for k in sorted(actions)]
 
@@ -498,7 +529,8 @@ class ClaimPreparer:
                     self._nvml.set_compute_mode(a.gpu_uuid, a.compute_mode)
                 except NvmlError as e:
                     raise ClaimError(
-                        f"set compute mode {a.compute_mode} on GPU {a.gpu_uuid}: {e}"
+                        f"set compute mode {a.compute_mode} on GPU {a.gpu_uuid}: {e}",
+                        ErrorKind.NVML,
                     ) from e
 
     def _record(self, ref: ClaimRef, plans: Sequence[_Planned]) -> ClaimRecord:
@@ -546,7 +578,8 @@ class ClaimPreparer:
                     raise ClaimError(
                         f"device {d.device_name} is already prepared for claim "
                         f"{other.namespace}/{other.name} ({other.uid}); a device is shared "
-                        "between claims only when both have admin access"
+                        "between claims only when both have admin access",
+                        ErrorKind.DEVICE_UNAVAILABLE,
                     )
         claims[record.uid] = record
         return None, True
@@ -554,7 +587,10 @@ class ClaimPreparer:
     def _finish(self, claims: dict[str, ClaimRecord], done: ClaimRecord) -> tuple[None, bool]:
         current = claims.get(done.uid)
         if current is None or current.instance != done.instance:
-            raise ClaimError("the claim was unprepared while it was being prepared; retry")
+            raise ClaimError(
+                "the claim was unprepared while it was being prepared; retry",
+                ErrorKind.CDI_OR_CHECKPOINT,
+            )
         claims[done.uid] = done
         return None, True
 
@@ -597,7 +633,10 @@ class ClaimPreparer:
             self._cdi.write(rec.uid, self._cdi.build(rec.uid, list(devices.values())))
             log.warning("claim %s: CDI spec was missing; rewritten", rec.uid)
         except CdiError as e:
-            raise ClaimError(f"CDI spec of this prepared claim is missing and: {e}") from e
+            raise ClaimError(
+                f"CDI spec of this prepared claim is missing and: {e}",
+                ErrorKind.CDI_OR_CHECKPOINT,
+            ) from e
 
     # --- unprepare -----------------------------------------------------------------------
 
@@ -616,7 +655,14 @@ class ClaimPreparer:
                 )
             except Exception as e:
                 log.exception("unprepare %s failed", _ref_text(ref))
-                return UnprepareResult(error=f"unprepare failed: {type(e).__name__}: {e}")
+                return UnprepareResult(
+                    error=f"unprepare failed: {type(e).__name__}: {e}",
+                    error_kind=(
+                        ErrorKind.CDI_OR_CHECKPOINT
+                        if isinstance(e, CdiError | OSError | CorruptCheckpoint)
+                        else ErrorKind.INTERNAL
+                    ),
+                )
         log.info("unprepared %s%s", _ref_text(ref), "" if found else " (was not prepared)")
         return UnprepareResult()
 
@@ -689,6 +735,21 @@ class ClaimPreparer:
 
     def checkpointed(self) -> dict[str, ClaimRecord]:
         return self._store.snapshot()
+
+    def prepared_devices(self) -> Counter[str]:
+        """Devices of prepared claims by type, from the checkpoint (the metrics gauge).
+
+        Types are "gpu" and "mig", or "unknown" for a device the inventory no
+        longer has. Safe from any thread: the checkpoint file is replaced atomically.
+        """
+        inventory = self._inventory()
+        counts: Counter[str] = Counter()
+        for rec in self._store.snapshot().values():
+            if rec.state is ClaimState.PREPARED:
+                for d in rec.devices:
+                    device = inventory.device(d.device_name)
+                    counts[device.type.value if device is not None else "unknown"] += 1
+        return counts
 
     @property
     def store(self) -> CheckpointStore:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 
@@ -28,15 +29,32 @@ class PreparedDevice:
     share_id: str | None = None
 
 
+class ErrorKind(StrEnum):
+    """Why a claim failed, from a small fixed set: metrics count by it, nobody parses text."""
+
+    INVALID_CLAIM = "invalid_claim"  # the kubelet sent an unusable claim reference or UID
+    CLAIM_NOT_FOUND = "claim_not_found"  # gone from the API server, or replaced (new UID)
+    API_SERVER = "api_server"  # the claim could not be read (no API server, errors, timeouts)
+    NOT_ALLOCATED = "not_allocated"  # no allocation, or one from another node's pool
+    DEVICE_UNAVAILABLE = "device_unavailable"  # unknown here, or prepared for another claim
+    DEVICE_UNHEALTHY = "device_unhealthy"
+    CONFIG = "config"  # opaque configuration invalid or asking for what this driver cannot do
+    NVML = "nvml"  # an NVML setting the configuration asks for failed
+    CDI_OR_CHECKPOINT = "cdi_or_checkpoint"  # writing or removing the CDI spec or checkpoint
+    INTERNAL = "internal"  # anything else: a bug or an unexpected failure
+
+
 @dataclass(frozen=True)
 class PrepareResult:
     devices: tuple[PreparedDevice, ...] = ()
     error: str = ""
+    error_kind: ErrorKind | None = None  # set with error; None counts as INTERNAL
 
 
 @dataclass(frozen=True)
 class UnprepareResult:
     error: str = ""
+    error_kind: ErrorKind | None = None  # set with error; None counts as INTERNAL
 
 
 @dataclass
