@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from dra_driver.settings import hermetic_environ
+from dra_driver.inventory import Inventory
+from dra_driver.settings import Settings, hermetic_environ
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVER_NAME = "gpu.nvidia.com"
@@ -245,3 +246,23 @@ def module_plugin_factory() -> Iterator[PluginFactory]:
     factory, cleanup = _factory()
     yield factory
     cleanup()
+
+
+@pytest.fixture(scope="module")
+def inventory() -> Iterator[Inventory]:
+    """The small topology's inventory, read in this process from the fake library."""
+    library = fake_nvml_library()
+    from dra_driver.commands.inventory import load_inventory
+
+    state = tempfile.mkdtemp(prefix="dra-e2e-nvml-")
+    saved = {k: os.environ.get(k) for k in ("FAKE_NVML_TOPOLOGY", "FAKE_NVML_STATE_DIR")}
+    os.environ.update(FAKE_NVML_TOPOLOGY="small", FAKE_NVML_STATE_DIR=state)
+    try:
+        yield load_inventory(Settings(nvml_library=library))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(state, ignore_errors=True)

@@ -8,12 +8,11 @@ prepared for real; a fault goes in through the fake library's fault log.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,36 +20,15 @@ import pytest
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.simhost import claim_object, populate_host
 from dra_driver.prepare.types import ClaimRef
-from dra_driver.settings import Settings
 from dra_driver.testing.apiserver import ApiServerDouble
 from dra_driver.testing.fakenvml import FaultInjector, default_fault_log, load_topology
 from dra_driver.testing.kubelet import DraClient, register
 
-from .conftest import DRIVER_NAME, NODE_NAME, PluginFactory, PluginProcess, fake_nvml_library
+from .conftest import DRIVER_NAME, NODE_NAME, PluginFactory, PluginProcess
 
 pytestmark = pytest.mark.timeout(60)
 
 Samples = dict[str, float]  # 'name{label="value",...}' as exposed -> value
-
-
-@pytest.fixture(scope="module")
-def inventory() -> Iterator[Inventory]:
-    """The small topology's inventory, read in this process (for the simulated host tree)."""
-    library = fake_nvml_library()
-    from dra_driver.commands.inventory import load_inventory
-
-    state = tempfile.mkdtemp(prefix="dra-e2e-nvml-")
-    saved = {k: os.environ.get(k) for k in ("FAKE_NVML_TOPOLOGY", "FAKE_NVML_STATE_DIR")}
-    os.environ.update(FAKE_NVML_TOPOLOGY="small", FAKE_NVML_STATE_DIR=state)
-    try:
-        yield load_inventory(Settings(nvml_library=library))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def free_port() -> int:

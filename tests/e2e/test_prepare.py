@@ -26,11 +26,10 @@ from dra_driver.inventory import Inventory
 from dra_driver.prepare.checkpoint import ClaimState, decode
 from dra_driver.prepare.simhost import SimHost, claim_object, populate_host
 from dra_driver.prepare.types import ClaimRef
-from dra_driver.settings import Settings
 from dra_driver.testing.apiserver import ApiServerDouble
 from dra_driver.testing.kubelet import DraClient, register
 
-from .conftest import NODE_NAME, PluginFactory, PluginProcess, fake_nvml_library
+from .conftest import NODE_NAME, PluginFactory, PluginProcess
 
 API = "resource.nvidia.com/v1beta1"
 KIND = "k8s.gpu.nvidia.com/claim"
@@ -38,26 +37,6 @@ MIG_A = "gpu-0-mig-1g10gb-19-2"
 MIG_B = "gpu-0-mig-1g10gb-19-3"
 MIG_2G = "gpu-0-mig-2g20gb-14-0"
 MIG_3G = "gpu-0-mig-3g40gb-9-4"
-
-
-@pytest.fixture(scope="module")
-def inventory() -> Iterator[Inventory]:
-    """The small topology's inventory, read in this process from the fake library."""
-    library = fake_nvml_library()
-    from dra_driver.commands.inventory import load_inventory
-
-    state = tempfile.mkdtemp(prefix="dra-e2e-nvml-")
-    saved = {k: os.environ.get(k) for k in ("FAKE_NVML_TOPOLOGY", "FAKE_NVML_STATE_DIR")}
-    os.environ.update(FAKE_NVML_TOPOLOGY="small", FAKE_NVML_STATE_DIR=state)
-    try:
-        yield load_inventory(Settings(nvml_library=library))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
