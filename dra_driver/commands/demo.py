@@ -31,11 +31,11 @@ from .. import settings as settings_mod
 if TYPE_CHECKING:  # heavy imports stay out of the CLI's start-up
     from ..inventory import Device, Inventory
     from ..kubelet.proto.drahealth_v1alpha1_pb2 import NodeWatchResourcesResponse
-    from ..prepare.simhost import SimHost
     from ..prepare.types import ClaimRef
     from ..testing.apiserver import ApiServerDouble
     from ..testing.fakenvml import FakeNode
     from ..testing.kubelet import DraClient, PluginRegistration
+    from ..testing.simhost import SimHost
 
 log = logging.getLogger(__name__)
 
@@ -281,9 +281,9 @@ class Demo:
 
     def build_host(self) -> None:
         from ..commands.inventory import load_inventory
-        from ..prepare.simhost import populate_host
         from ..settings import Settings
         from ..testing.fakenvml import FakeNode, library_path
+        from ..testing.simhost import populate_host
 
         self.heading(2, "Simulated host")
         self.node = FakeNode(self.topology, fault_log=self.fault_log)
@@ -427,8 +427,8 @@ class Demo:
 
     async def prepare(self, dra: DraClient) -> tuple[ClaimRef, Device]:
         from ..inventory import DeviceType
-        from ..prepare.simhost import claim_object
         from ..prepare.types import ClaimRef
+        from ..testing.simhost import claim_object
 
         assert self.inventory is not None and self.api is not None
         self.heading(6, "Prepare an allocated ResourceClaim (NodePrepareResources v1)")
@@ -688,13 +688,16 @@ class Demo:
             "   curl -sX POST -H 'Content-Type: application/json' "
             f"""-d '{{"metadata":{{"name":"{NODE}"}}}}' http://127.0.0.1:{HINT_PORT}/api/v1/nodes"""
         )
+        self.say(f"   export FAKE_NVML_FAULTS={d}/faults.jsonl   # read by run, written by inject")
         self.say(
-            f"   dra-driver run --fake-nvml {self.topology} --node-name {NODE} "
+            f"   python -m dra_driver.testing.simhost {d}/host --topology {self.topology} "
+            f"> {d}/host.flags   # --fake-nvml, --dev-root, --proc-root, ..."
+        )
+        self.say(
+            f"   dra-driver run $(cat {d}/host.flags) --node-name {NODE} "
             f"--kubeconfig {d}/kubeconfig \\\n"
             f"       --plugins-dir {d}/plugins --registry-dir {d}/registry "
-            f"--cdi-root {d}/cdi --state-dir {d}/state \\\n"
-            f"       --dev-root {d}/host/dev-root --proc-root {d}/host/proc "
-            f"--driver-root {d}/host/driver-root   # host tree: dra_driver.prepare.simhost"
+            f"--cdi-root {d}/cdi --state-dir {d}/state"
         )
         self.say(
             f"   python -m dra_driver.testing.fakenvml inject --topology {self.topology} "

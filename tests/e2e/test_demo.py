@@ -98,7 +98,8 @@ def test_demo_runs_a_whole_node_and_cleans_up() -> None:
     stopped = section(out, 10)
     assert "exited with code 0" in stopped and "sockets removed" in stopped, stopped
     assert "demo finished" in out
-    assert "dra-driver run --fake-nvml small" in out  # how to run the pieces by hand
+    assert "python -m dra_driver.testing.simhost $DIR/host --topology small" in out  # by hand
+    assert "dra-driver run $(cat $DIR/host.flags)" in out
     assert not workdir_of(out).exists()
 
 
