@@ -27,7 +27,9 @@ from dra_driver.prepare.checkpoint import ClaimRecord, ClaimState, DeviceRecord
 from dra_driver.prepare.locks import InstanceRegistry
 from dra_driver.prepare.options import PreparerConfig
 from dra_driver.prepare.preparer import ClaimPreparer
-from dra_driver.prepare.simhost import (
+from dra_driver.prepare.sources import ClaimSourceError, MemoryClaimSource
+from dra_driver.prepare.types import ClaimRef
+from dra_driver.testing.simhost import (
     SimHost,
     claim_object,
     claim_uid,
@@ -35,8 +37,6 @@ from dra_driver.prepare.simhost import (
     make_snapshot,
     populate_host,
 )
-from dra_driver.prepare.sources import ClaimSourceError, MemoryClaimSource
-from dra_driver.prepare.types import ClaimRef
 
 NODE = "node-1"
 API = "resource.nvidia.com/v1beta1"

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from dra_driver.k8s import load_api_client
-from dra_driver.prepare.simhost import claim_object
 from dra_driver.prepare.sources import (
     ApiClaimSource,
     ClaimNotFound,
@@ -16,6 +15,7 @@ from dra_driver.prepare.sources import (
     NoApiClaimSource,
 )
 from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing.simhost import claim_object
 
 
 @pytest.fixture
