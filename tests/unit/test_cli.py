@@ -160,3 +160,17 @@ def test_every_command_has_a_description_and_every_flag_help() -> None:
         for action in parser._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings} has no help"
+
+
+def test_the_version_is_in_the_info_metric() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from dra_driver.metrics import Metrics
+    from dra_driver.testing.simhost import make_inventory
+
+    metrics = Metrics("gpu.nvidia.com", "n", CollectorRegistry())
+    metrics.watch(inventory=make_inventory(1, ()))
+    (sample,) = [
+        s for m in metrics.registry.collect() if m.name == "dra_driver_info" for s in m.samples
+    ]
+    assert sample.labels["version"] == __version__
