@@ -139,6 +139,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -175,15 +176,37 @@ class FakeNvmlError(Exception):
     """The fake library is missing, or a topology or fault request is invalid."""
 
 
+def _library_candidates() -> list[Path]:
+    """Where a built fake library may be, in order of preference.
+
+    First this package's own directory. Then the same place in every other
+    copy of the package on sys.path: run from a source checkout after
+    ``pip install .``, the unbuilt source tree shadows the installed package,
+    whose directory holds the library.
+    """
+    spec = importlib.util.find_spec(LIBRARY_MODULE)
+    out = [Path(spec.origin)] if spec is not None and spec.origin else []
+    names = [f"_fakenvml{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    for entry in sys.path:
+        base = Path(entry or ".") / "dra_driver" / "testing"
+        out.extend(base / name for name in names)
+    return out
+
+
 def library_path() -> str:
     """Path of the built fake libnvidia-ml (located without importing it)."""
-    spec = importlib.util.find_spec(LIBRARY_MODULE)
-    if spec is None or spec.origin is None or not os.path.isfile(spec.origin):
-        raise FakeNvmlError(
-            "the fake NVML library is not built: run "
-            "`python setup.py build_ext --inplace` (or install the package)"
-        )
-    return spec.origin
+    seen: set[Path] = set()
+    for candidate in _library_candidates():
+        resolved = candidate.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        if resolved.is_file():
+            return str(resolved)
+    raise FakeNvmlError(
+        "the fake NVML library is not built (looked in every dra_driver/testing on sys.path): "
+        "run `pip install .` or `python setup.py build_ext --inplace` (needs a C compiler)"
+    )
 
 
 def topology_names() -> list[str]:

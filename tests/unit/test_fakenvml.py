@@ -447,6 +447,38 @@ def test_json_syntax_error_names_the_spot_the_same_every_run(tmp_path: Path) -> 
     assert "at line 1, column 13 (near: end of file)" in err, err
 
 
+def test_library_is_found_in_an_installed_copy_that_a_source_tree_shadows(
+    tmp_path: Path,
+) -> None:
+    """`python -m ...fakenvml library` in a checkout (not built) after `pip install .`."""
+    import shutil
+
+    package = Path(fakenvml.__file__).resolve().parents[1]
+    source = tmp_path / "checkout"
+    shutil.copytree(package, source / "dra_driver", ignore=shutil.ignore_patterns("*.so"))
+    site = tmp_path / "site-packages" / "dra_driver" / "testing"
+    site.mkdir(parents=True)
+    built = site / Path(fakenvml.library_path()).name
+    shutil.copy(fakenvml.library_path(), built)
+
+    def library(pythonpath: str) -> subprocess.CompletedProcess[str]:
+        # -S: no site-packages, so no editable install of this checkout either.
+        return subprocess.run(
+            [sys.executable, "-S", "-m", "dra_driver.testing.fakenvml", "library"],
+            cwd=source,
+            env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": pythonpath},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    found = library(str(tmp_path / "site-packages"))
+    assert (found.returncode, found.stdout.strip()) == (0, str(built)), found.stderr
+    missing = library("")
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert "the fake NVML library is not built" in missing.stderr
+
+
 def test_python_helpers() -> None:
     assert fakenvml.library_path().endswith(".so")
     assert {"small", "dgx-h100", "a100"} <= set(fakenvml.topology_names())
