@@ -24,7 +24,13 @@ from .options import PluginConfig, PluginOptions
 from .registration import RegistrationServicer, supported_services
 from .server import SocketServer
 from .sockets import PathState, is_live_socket_async
-from .stubs import add_dra_v1, add_dra_v1beta1, add_health_v1alpha1, add_registration
+from .stubs import (
+    add_dra_v1,
+    add_dra_v1beta1,
+    add_health_v1,
+    add_health_v1alpha1,
+    add_registration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ class KubeletPlugin:
                 config.node_name,
                 self._opts.health_resend_interval,
                 self._opts.health_timeout_seconds,
+                check_interval=settings.health_poll_interval,
             )
         self.services = supported_services(self.health is not None)
         self.dra = SocketServer("dra", config.dra_socket, self._add_dra_services)
@@ -67,7 +74,8 @@ class KubeletPlugin:
         add_dra_v1(DRAPluginV1(self.calls), server)
         add_dra_v1beta1(DRAPluginV1beta1(self.calls), server)
         if self.health is not None:
-            add_health_v1alpha1(self.health, server)
+            add_health_v1(self.health.v1, server)
+            add_health_v1alpha1(self.health.v1alpha1, server)
 
     def _add_registration_service(self, server: grpc.aio.Server) -> None:
         servicer = RegistrationServicer(

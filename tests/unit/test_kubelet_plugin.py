@@ -89,6 +89,7 @@ async def test_get_info_and_kubelet_validation(
     assert list(info.supported_versions) == [
         "v1.DRAPlugin",
         "v1beta1.DRAPlugin",
+        "v1.DRAResourceHealth",
         "v1alpha1.DRAResourceHealth",
     ]
     reg = await register(sock)
