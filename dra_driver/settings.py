@@ -102,6 +102,7 @@ class Settings:
     def plugin_options(self) -> PluginOptions:
         return PluginOptions(
             health_resend_interval=self.health_resend_interval,
+            health_check_interval=self.health_poll_interval,
             registration_backoff=self.registration_backoff,
             shutdown_grace=self.shutdown_grace,
         )

@@ -48,6 +48,9 @@ class PluginOptions:
 
     health_resend_interval: float = DEFAULT_RESEND_INTERVAL
     health_timeout_seconds: int = DEFAULT_HEALTH_TIMEOUT
+    # How often the health monitor checks each device: the stream timeout the
+    # kubelet is given must outlast a resend and a fresh check.
+    health_check_interval: float = 0.0
     socket_poll_interval: float = 0.25
     registration_backoff: float = 1.0
     registration_backoff_max: float = 120.0

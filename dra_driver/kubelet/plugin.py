@@ -55,7 +55,7 @@ class KubeletPlugin:
                 config.node_name,
                 self._opts.health_resend_interval,
                 self._opts.health_timeout_seconds,
-                check_interval=settings.health_poll_interval,
+                check_interval=self._opts.health_check_interval,
             )
         self.services = supported_services(self.health is not None)
         self.dra = SocketServer("dra", config.dra_socket, self._add_dra_services)
