@@ -72,6 +72,7 @@ class Settings:
     shutdown_grace: float = _PLUGIN_DEFAULTS.shutdown_grace
     log_level: str = "INFO"
     partitionable_devices: bool = False
+    dynamic_mig: bool = False
     metrics_address: str = ""  # HOST:PORT serving Prometheus /metrics; empty: no endpoint
 
     @property
@@ -121,7 +122,8 @@ class Settings:
         return PublisherConfig(
             driver_name=self.driver_name,
             node_name=self.node_name,
-            partitionable_devices=self.partitionable_devices,
+            partitionable_devices=self.partitionable_devices or self.dynamic_mig,
+            dynamic_mig=self.dynamic_mig,
         )
 
     def preparer_config(self) -> PreparerConfig:
@@ -133,6 +135,7 @@ class Settings:
             dev_root=self.dev_root,
             proc_root=self.proc_root,
             driver_root=self.driver_root,
+            dynamic_mig=self.dynamic_mig,
         )
 
 
@@ -363,6 +366,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--partitionable-devices", "PARTITIONABLE_DEVICES", parse_bool,
          _D.partitionable_devices,
          "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36)",
+         frozenset({RUN, SLICES}), _SLICES_G, boolean=True),
+    Flag("--dynamic-mig", "DYNAMIC_MIG", parse_bool, _D.dynamic_mig,
+         "dynamic MIG (implies --partitionable-devices): a GPU in MIG mode publishes every "
+         "(profile, placement) and prepare creates the MIG device, unprepare destroys it; "
+         "MIG mode itself is never changed",
          frozenset({RUN, SLICES}), _SLICES_G, boolean=True),
     Flag("--metrics-address", "METRICS_ADDRESS", metrics_address, _D.metrics_address,
          "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:8080 or :8080 "

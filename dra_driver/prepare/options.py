@@ -25,3 +25,4 @@ class PreparerConfig:
     proc_root: Path = Path("/proc")
     driver_root: Path = Path("/")  # where the NVIDIA driver's files are on the host
     workers: int = DEFAULT_WORKERS  # claims prepared in parallel
+    dynamic_mig: bool = False  # create a MIG device at prepare when it does not exist yet

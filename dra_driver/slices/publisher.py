@@ -198,6 +198,7 @@ class SlicePublisher:
             inventory,
             health_taints(health, self._driver),
             partitionable=self._config.partitionable_devices,
+            dynamic_mig=self._config.dynamic_mig,
         )
 
     # -- reconcile -----------------------------------------------------------------------
