@@ -61,6 +61,11 @@ class MigManager(Protocol):
         """Destroy the CI and the GI; False when the GI was already gone."""
         ...
 
+    def destroy_at(self, parent_uuid: str, gi_profile_id: int, placement_start: int) -> bool:
+        """Destroy the GI of this profile at this placement (and its CIs), whatever its ids;
+        False when there is none. For instances made but never recorded."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -136,6 +141,17 @@ class CffiMigManager:
             raise error_for(rc, self._message(rc), self._call_name(out.call))
         return True
 
+    def destroy_at(self, parent_uuid: str, gi_profile_id: int, placement_start: int) -> bool:
+        out = self._result()
+        rc = self._lib.fpm_destroy_at(self._ctx, parent_uuid.encode(), gi_profile_id,
+                                      placement_start, out)
+        self.nvml_calls += out.nvml_calls
+        if rc == ERROR_NOT_FOUND and out.call == self._lib.FPM_CALL_GPU_INSTANCES:
+            return False
+        if rc != SUCCESS:
+            raise error_for(rc, self._message(rc), self._call_name(out.call))
+        return True
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -144,6 +160,7 @@ class CffiMigManager:
 
 # NVML_COMPUTE_INSTANCE_PROFILE_* (nvml.h) of the CI that covers a GI of this many slices.
 _CI_PROFILE_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4, 8: 5, 6: 6}
+_CI_PROFILE_COUNT = 9  # NVML_COMPUTE_INSTANCE_PROFILE_COUNT
 
 
 class PynvmlMigManager:
@@ -276,6 +293,29 @@ class PynvmlMigManager:
             self._call("nvmlComputeInstanceDestroy", ci)
         self._call("nvmlGpuInstanceDestroy", gi)
         return True
+
+    def destroy_at(self, parent_uuid: str, gi_profile_id: int, placement_start: int) -> bool:
+        n = self._nvml
+        dev = self._call("nvmlDeviceGetHandleByUUID", parent_uuid)
+        gis = (n.c_nvmlGpuInstance_t * 16)()
+        count = ctypes.c_uint(16)
+        self._call("nvmlDeviceGetGpuInstances", dev, gi_profile_id, gis, ctypes.byref(count))
+        for gi in gis[: count.value]:
+            if self._call("nvmlGpuInstanceGetInfo", gi).placement.start != placement_start:
+                continue
+            for profile in range(_CI_PROFILE_COUNT):
+                cis = (n.c_nvmlComputeInstance_t * 8)()
+                found = ctypes.c_uint(8)
+                try:
+                    self._call("nvmlGpuInstanceGetComputeInstances", gi, profile, cis,
+                               ctypes.byref(found))
+                except NvmlError:
+                    continue
+                for ci in cis[: found.value]:
+                    self._call("nvmlComputeInstanceDestroy", ci)
+            self._call("nvmlGpuInstanceDestroy", gi)
+            return True
+        return False
 
     def close(self) -> None:
         with self._lock:

@@ -51,7 +51,9 @@ _Static_assert(sizeof(((fpm_result_t *)0)->uuid) >= NVML_DEVICE_UUID_V2_BUFFER_S
     X(nvmlDeviceGetGpuInstanceById)                      \
     X(nvmlGpuInstanceGetComputeInstanceById)             \
     X(nvmlComputeInstanceDestroy)                        \
-    X(nvmlGpuInstanceDestroy)
+    X(nvmlGpuInstanceDestroy)                            \
+    X(nvmlDeviceGetGpuInstances)                         \
+    X(nvmlGpuInstanceGetComputeInstances)
 
 #define FPM_STR(x) #x
 #define FPM_XSTR(x) FPM_STR(x)
@@ -93,6 +95,8 @@ static const char *const call_names[FPM_CALL_COUNT_OF_CALLS] = {
     [FPM_CALL_DESTROY_CI] = "nvmlComputeInstanceDestroy",
     [FPM_CALL_DESTROY_GI] = "nvmlGpuInstanceDestroy",
     [FPM_CALL_INIT] = "nvmlInit_v2",
+    [FPM_CALL_GPU_INSTANCES] = "nvmlDeviceGetGpuInstances",
+    [FPM_CALL_COMPUTE_INSTANCES] = "nvmlGpuInstanceGetComputeInstances",
 };
 
 const char *fpm_call_name(int call)
@@ -411,6 +415,65 @@ int fpm_destroy(fpm_ctx_t *ctx, const char *parent_uuid, unsigned int gpu_instan
     rc = NV(ctx, nvmlGpuInstanceDestroy, gi);
     if (rc != NVML_SUCCESS)
         FAIL(out, FPM_CALL_DESTROY_GI, rc);
+done:
+    out->nvml_calls = ctx->calls - calls0;
+    __atomic_fetch_sub(&ctx->busy, 1, __ATOMIC_SEQ_CST);
+    return out->rc;
+}
+
+int fpm_destroy_at(fpm_ctx_t *ctx, const char *parent_uuid, unsigned int gi_profile_id,
+                   unsigned int placement_start, fpm_result_t *out)
+{
+    nvmlDevice_t dev;
+    nvmlGpuInstance_t gis[16];
+    nvmlGpuInstanceInfo_t info;
+    unsigned int count = 16, i, p, k;
+    unsigned long long calls0 = ctx->calls;
+    int rc;
+
+    reset(out);
+    out->placement_start = placement_start;
+    __atomic_fetch_add(&ctx->busy, 1, __ATOMIC_SEQ_CST);
+    if (!ctx->initialized) {
+        FAIL(out, FPM_CALL_INIT, NVML_ERROR_UNINITIALIZED);
+        goto done;
+    }
+    rc = NV(ctx, nvmlDeviceGetHandleByUUID, parent_uuid, &dev);
+    if (rc != NVML_SUCCESS) {
+        FAIL(out, FPM_CALL_HANDLE_BY_UUID, rc);
+        goto done;
+    }
+    rc = NV(ctx, nvmlDeviceGetGpuInstances, dev, gi_profile_id, gis, &count);
+    if (rc != NVML_SUCCESS) {
+        FAIL(out, FPM_CALL_GPU_INSTANCES, rc);
+        goto done;
+    }
+    for (i = 0; i < count && i < 16; i++) {
+        memset(&info, 0, sizeof(info));
+        if (NV(ctx, nvmlGpuInstanceGetInfo, gis[i], &info) != NVML_SUCCESS ||
+            info.placement.start != placement_start)
+            continue;
+        out->gpu_instance_id = info.id;
+        out->placement_size = info.placement.size;
+        for (p = 0; p < NVML_COMPUTE_INSTANCE_PROFILE_COUNT; p++) {
+            nvmlComputeInstance_t cis[8];
+            unsigned int n = 8;
+            if (NV(ctx, nvmlGpuInstanceGetComputeInstances, gis[i], p, cis, &n) != NVML_SUCCESS)
+                continue;
+            for (k = 0; k < n && k < 8; k++) {
+                rc = NV(ctx, nvmlComputeInstanceDestroy, cis[k]);
+                if (rc != NVML_SUCCESS) {
+                    FAIL(out, FPM_CALL_DESTROY_CI, rc);
+                    goto done;
+                }
+            }
+        }
+        rc = NV(ctx, nvmlGpuInstanceDestroy, gis[i]);
+        if (rc != NVML_SUCCESS)
+            FAIL(out, FPM_CALL_DESTROY_GI, rc);
+        goto done;
+    }
+    FAIL(out, FPM_CALL_GPU_INSTANCES, NVML_ERROR_NOT_FOUND);
 done:
     out->nvml_calls = ctx->calls - calls0;
     __atomic_fetch_sub(&ctx->busy, 1, __ATOMIC_SEQ_CST);

@@ -36,7 +36,9 @@
 #define FPM_CALL_DESTROY_CI 14
 #define FPM_CALL_DESTROY_GI 15
 #define FPM_CALL_INIT 16
-#define FPM_CALL_COUNT_OF_CALLS 17
+#define FPM_CALL_GPU_INSTANCES 17
+#define FPM_CALL_COMPUTE_INSTANCES 18
+#define FPM_CALL_COUNT_OF_CALLS 19
 
 typedef struct fpm_ctx fpm_ctx_t;
 
@@ -66,6 +68,12 @@ int fpm_create(fpm_ctx_t *ctx, const char *parent_uuid, unsigned int gi_profile_
                unsigned int placement_start, fpm_result_t *out);
 int fpm_destroy(fpm_ctx_t *ctx, const char *parent_uuid, unsigned int gpu_instance_id,
                 unsigned int compute_instance_id, fpm_result_t *out);
+/* Destroy whatever GPU instance of this profile sits at placement_start (and
+   every compute instance in it), whatever its ids: how a restart removes an
+   instance it created but never recorded (or half created: a GI without its
+   CI). NOT_FOUND (call FPM_CALL_GPU_INSTANCES) when there is none. */
+int fpm_destroy_at(fpm_ctx_t *ctx, const char *parent_uuid, unsigned int gi_profile_id,
+                   unsigned int placement_start, fpm_result_t *out);
 /* nvmlShutdown for this context's init; IN_USE while a create/destroy runs. */
 int fpm_close(fpm_ctx_t *ctx);
 void fpm_free(fpm_ctx_t *ctx);

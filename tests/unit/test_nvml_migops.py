@@ -131,3 +131,20 @@ def test_a_driver_without_the_mig_calls_reads_as_not_supported(tmp_path: Path) -
             manager.destroy("GPU-0ld", 1, 0)
     finally:
         manager.close()
+
+
+def test_destroy_at_removes_a_half_made_instance_whatever_its_ids(
+    node: fakenvml.FakeNode, manager: migops.MigManager
+) -> None:
+    gpu0 = _gpu(node, 0)
+    node.faults.fail("nvmlGpuInstanceCreateComputeInstance", 23, count=1)
+    node.faults.fail("nvmlGpuInstanceDestroy", 4, count=1)  # the rollback fails too
+    with pytest.raises(NvmlInsufficientResourcesError, match="rolling back"):
+        manager.create(gpu0, 14, 2)
+    with pytest.raises(NvmlInsufficientResourcesError):  # the GI without a CI still holds 2-3
+        manager.create(gpu0, 19, 2)
+    assert manager.destroy_at(gpu0, 14, 2) is True
+    assert manager.destroy_at(gpu0, 14, 2) is False
+    whole = manager.create(gpu0, 14, 2)
+    assert manager.destroy_at(gpu0, 14, 2) is True
+    assert manager.destroy(gpu0, whole.gpu_instance_id, 0) is False
