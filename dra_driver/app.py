@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy: they cost startup time and memory
 
     from .health.monitor import HealthMonitor
     from .metrics import Metrics, MetricsServer
+    from .nvml.migops import MigManager
     from .nvml.types import NvmlBackend
     from .prepare.preparer import ClaimPreparer
     from .slices.publisher import SlicePublisher
@@ -77,6 +78,7 @@ class App:
         self.api: ApiClient | None = None
         self.plugin: KubeletPlugin | None = None
         self.preparer: ClaimPreparer | None = None
+        self.mig_manager: MigManager | None = None
         self.monitor: HealthMonitor | None = None
         self.publisher: SlicePublisher | None = None
         self.metrics: Metrics | None = None
@@ -238,8 +240,16 @@ class App:
         from .prepare.sources import ApiClaimSource, NoApiClaimSource
 
         source = ApiClaimSource(self.api) if self.api is not None else NoApiClaimSource()
+        if self.settings.dynamic_mig:
+            self.mig_manager = await asyncio.to_thread(self._open_mig_manager)
         preparer = ClaimPreparer(
-            self.settings.preparer_config(), lambda: inventory, source, self.board, self.backend
+            self.settings.preparer_config(),
+            lambda: inventory,
+            source,
+            self.board,
+            self.backend,
+            migs=self.mig_manager,
+            mig_observer=self.monitor,
         )
         self.preparer = preparer
         try:
@@ -247,6 +257,16 @@ class App:
         except Exception as e:
             raise StartupError(f"cannot start claim preparation: {e}") from e
         return preparer
+
+    def _open_mig_manager(self) -> MigManager:
+        """The MIG create/destroy path of --dynamic-mig (blocking: a worker thread)."""
+        from .nvml.migops import open_mig_manager
+
+        s = self.settings
+        try:
+            return open_mig_manager(library=s.nvml_library, backend=s.nvml_backend)
+        except Exception as e:
+            raise StartupError(f"--dynamic-mig: cannot open NVML for MIG management: {e}") from e
 
     def _start_publisher(self, inventory: Inventory) -> None:
         from .slices.publisher import SlicePublisher
@@ -297,6 +317,8 @@ class App:
             await self.monitor.stop()  # before the backend closes under its event wait
         if self.preparer is not None:
             await self.preparer.close()
+        if self.mig_manager is not None:
+            await asyncio.to_thread(self.mig_manager.close)
         if self.backend is not None:
             await asyncio.to_thread(self.backend.close)
         if self.api is not None:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from ..inventory import Inventory
+from ..inventory import Device, Inventory
 from ..nvml.errors import ERROR_GPU_IS_LOST, SUCCESS, NvmlError, NvmlGpuLostError
 from ..nvml.types import (
     EVENT_DOUBLE_BIT_ECC,
@@ -191,6 +191,25 @@ class HealthMonitor:
             await asyncio.to_thread(thread.join, JOIN_TIMEOUT)
             if thread.is_alive():
                 log.warning("the NVML event thread did not stop within %gs", JOIN_TIMEOUT)
+
+    def mig_created(self, device: Device) -> None:
+        """Follow a MIG device created at prepare (dynamic MIG): Healthy, and its events hit it."""
+        if device.mig is None or device.parent_uuid is None:
+            return
+        with self._lock:
+            self.policy.add_mig(
+                device.parent_uuid,
+                device.name,
+                device.mig.gpu_instance_id,
+                device.mig.compute_instance_id,
+            )
+            self._board.add_device(device.name)
+
+    def mig_destroyed(self, device_name: str, gpu_uuid: str) -> None:
+        """Follow a MIG device destroyed at unprepare: it leaves the policy and the board."""
+        with self._lock:
+            self.policy.remove_mig(gpu_uuid, device_name)
+            self._board.remove_device(device_name)
 
     def conditions(self, device: str) -> list[Condition]:
         """A device's active conditions (consistent: taken under the writers' lock)."""

@@ -10,7 +10,7 @@ No I/O here: the preparer calls this between its API read and its transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +81,13 @@ def plan_claim(
     pool: str,
     inventory: Inventory,
     health: HealthBoard | None,
+    resolve: Callable[[str], Device | None] | None = None,
 ) -> list[Planned]:
-    """This driver's allocation results of the claim, resolved; [] when none are ours."""
+    """This driver's allocation results of the claim, resolved; [] when none are ours.
+
+    resolve (dynamic MIG) answers first for the names it owns: the live MIG
+    devices of MIG-mode GPUs and the ones still to be created.
+    """
     allocation = (claim.get("status") or {}).get("allocation")
     if not isinstance(allocation, dict):
         raise ClaimError(
@@ -110,7 +115,9 @@ def plan_claim(
                 f"not this node's pool {pool!r}",
                 ErrorKind.NOT_ALLOCATED,
             )
-        device = inventory.device(str(name))
+        device = resolve(str(name)) if resolve is not None else None
+        if device is None:
+            device = inventory.device(str(name))
         if device is None:
             raise ClaimError(
                 f"request {request!r}: device {name!r} is not a device of this node "
