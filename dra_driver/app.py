@@ -149,7 +149,10 @@ class App:
             self._start_publisher(inventory)
         if self.metrics is not None:
             self.metrics.watch(
-                monitor=self.monitor, preparer=self.preparer, publisher=self.publisher
+                monitor=self.monitor,
+                preparer=self.preparer,
+                publisher=self.publisher,
+                migs=self.preparer.mig_layout if self.preparer is not None else None,
             )
 
         self.plugin = KubeletPlugin(s.plugin_config(), preparer, self.board, s.plugin_options())
