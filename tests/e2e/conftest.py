@@ -25,7 +25,7 @@ import pytest
 
 from dra_driver.inventory import Inventory
 from dra_driver.settings import Settings
-from dra_driver.testing.plugin import PluginProcess
+from dra_driver.testing import PluginProcess
 
 __all__ = ["DRIVER_NAME", "NODE_NAME", "PluginFactory", "PluginProcess", "start_plugin"]
 

@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 
 from dra_driver.k8s import load_api_client
-from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing import ApiServerDouble
 
 DRIVER = "gpu.nvidia.com"
 NODE = "node-a"

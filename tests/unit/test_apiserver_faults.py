@@ -29,7 +29,7 @@ from apiserver_fixtures import (
 from kubernetes import client, watch
 
 from dra_driver.k8s import load_api_client
-from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing import ApiServerDouble
 
 __all__ = ["api", "kube"]  # fixtures imported for pytest
 

@@ -41,8 +41,7 @@ from dra_driver.nvml.types import (
     NvmlSnapshot,
     Reading,
 )
-from dra_driver.testing import fakenvml
-from dra_driver.testing.records import gpu_record, mig_record, snapshot
+from dra_driver.testing import fakenvml, gpu_record, mig_record, snapshot
 
 pytestmark = pytest.mark.timeout(60)
 

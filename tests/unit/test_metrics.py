@@ -35,8 +35,13 @@ from dra_driver.prepare.options import PreparerConfig
 from dra_driver.prepare.preparer import ClaimPreparer
 from dra_driver.prepare.types import ClaimRef, ErrorKind, PrepareResult, UnprepareResult
 from dra_driver.settings import Settings, parse_host_port
-from dra_driver.testing.claims import MemoryClaimSource
-from dra_driver.testing.simhost import claim_object, claim_uid, make_inventory, populate_host
+from dra_driver.testing import (
+    MemoryClaimSource,
+    claim_object,
+    claim_uid,
+    make_inventory,
+    populate_host,
+)
 
 DRIVER = "gpu.nvidia.com"
 NODE = "node-1"

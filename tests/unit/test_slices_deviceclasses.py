@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing import ApiServerDouble
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = REPO / "deploy" / "deviceclasses.yaml"
