@@ -33,7 +33,7 @@ from dra_driver.testing import ApiServerDouble
 
 __all__ = ["api", "kube"]  # fixtures imported for pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def control(api: ApiServerDouble, method: str, path: str, body: Any = None) -> tuple[int, Any]:

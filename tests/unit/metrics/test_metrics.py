@@ -45,7 +45,7 @@ from dra_driver.testing import (
 
 DRIVER = "gpu.nvidia.com"
 NODE = "node-1"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

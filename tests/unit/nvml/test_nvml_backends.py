@@ -541,7 +541,7 @@ def test_auto_falls_back_to_nvidia_ml_py_without_the_extension(node: Opener, lib
         "print(b.name, '|', b.info.fallback_reason, '|', len(b.inventory().gpus))\n"
         "b.close()\n"
     )
-    env = {**os.environ, **fake.env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, **fake.env(), "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
     )
