@@ -74,11 +74,7 @@ def bad(board: HealthBoard) -> set[str]:
 
 
 @pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> fakenvml.FakeNode:
-    try:
-        fakenvml.library_path()
-    except fakenvml.FakeNvmlError as e:
-        pytest.skip(str(e))
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_nvml: str) -> fakenvml.FakeNode:
     node = fakenvml.FakeNode("small", fault_log=tmp_path / "small.faults.jsonl")
     node.reset_faults()
     for key, value in node.env().items():

@@ -57,11 +57,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
-def library() -> str:
-    try:
-        return fakenvml.library_path()
-    except fakenvml.FakeNvmlError as e:
-        pytest.skip(str(e))
+def library(fake_nvml: str) -> str:
+    return fake_nvml
 
 
 Opener = Callable[..., fakenvml.FakeNode]
