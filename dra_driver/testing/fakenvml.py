@@ -103,7 +103,18 @@ target ``gpu`` (its UUID), plus per kind::
     retired_pages  pending (bool, default true) -> nvmlDeviceGetRetiredPagesPendingStatus
     temperature    value (degrees C)          -> nvmlDeviceGetTemperature
     recover        gpu optional (absent = all GPUs): back to topology defaults, except
-                   aggregate ECC counts (kept in the infoROM across a reset)
+                   aggregate ECC counts (kept in the infoROM across a reset); also
+                   lifts that GPU's hangs and delays
+    xid            ... optional action: the recovery action the driver sets with it
+    recovery_action value (nvmlDeviceGpuRecoveryAction_t) -> NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
+                   and an nvmlEventTypeGpuRecoveryAction event (drivers 565+ only:
+                   older ones answer the field "not supported" and have no such event)
+    hang           fn (NVML function name, absent = every function), gpu optional
+                   (absent = every GPU and device-less calls) -> those calls block, with
+                   the library's lock released, until a release; fn
+                   "nvmlEventSetWait_v2" hangs the event wait
+    delay          ms, fn and gpu as for hang -> those calls take ms longer
+    release        fn and gpu as for hang (absent = all) -> lifts matching hangs/delays
 
 Every process folds the whole log into its state at init and then any new
 complete lines as they appear, so persistent faults apply to
@@ -126,6 +137,10 @@ Command line::
         retired-pages --gpu N [--clear]
         temperature --gpu N --celsius T
         recover [--gpu N]
+        recovery-action --gpu N --action A
+        hang [--gpu N] [--fn nvmlDeviceGetTemperature]
+        delay --ms MS [--gpu N] [--fn NAME]
+        release [--gpu N] [--fn NAME]
 
 ``--topology``/``--faults`` default to ``FAKE_NVML_TOPOLOGY``/``FAKE_NVML_FAULTS``
 (resolved as the library does, ``FAKE_NVML_STATE_DIR`` included), so the
@@ -394,12 +409,26 @@ class FaultInjector:
     def _gpu(self, index: int) -> TopologyGpu:
         return self.topology.gpu(index)
 
-    def xid(self, gpu: int, xid: int, gi: int | None = None, ci: int | None = None) -> None:
-        """An XID on the whole GPU, or attributed to one MIG GPU/compute instance."""
+    def xid(
+        self,
+        gpu: int,
+        xid: int,
+        gi: int | None = None,
+        ci: int | None = None,
+        action: int | None = None,
+    ) -> None:
+        """An XID on the whole GPU, or attributed to one MIG GPU/compute instance.
+
+        action: the recovery action the driver sets along with it (565+ drivers).
+        """
         g = self._gpu(gpu)
         if xid < 0:
             raise FakeNvmlError("an XID is a non-negative number")
         record: dict[str, Any] = {"kind": "xid", "gpu": g.uuid, "xid": xid}
+        if action is not None:
+            if not 0 <= action <= 0xFFFF:
+                raise FakeNvmlError("a recovery action is a small non-negative number")
+            record["action"] = action
         if ci is not None and gi is None:
             raise FakeNvmlError("--ci needs --gi")
         if gi is not None:
@@ -475,6 +504,37 @@ class FaultInjector:
         if not 0 <= celsius <= 200:
             raise FakeNvmlError("temperature must be 0..200 C")
         self._append({"kind": "temperature", "gpu": self._gpu(gpu).uuid, "value": celsius})
+
+    def _stall_target(self, kind: str, gpu: int | None, fn: str | None) -> dict[str, Any]:
+        record: dict[str, Any] = {"kind": kind}
+        if gpu is not None:
+            record["gpu"] = self._gpu(gpu).uuid
+        if fn is not None:
+            if not fn.startswith("nvml") or not fn.isidentifier() or len(fn) >= 64:
+                raise FakeNvmlError(f"{fn!r} is not an NVML function name (nvml...)")
+            record["fn"] = fn
+        return record
+
+    def hang(self, gpu: int | None = None, fn: str | None = None) -> None:
+        """Calls of fn (every function if None) on gpu (every GPU if None) block until released."""
+        self._append(self._stall_target("hang", gpu, fn))
+
+    def delay(self, ms: int, gpu: int | None = None, fn: str | None = None) -> None:
+        """Calls of fn on gpu take ms milliseconds longer (until released)."""
+        if not 0 < ms <= 600_000:
+            raise FakeNvmlError("a delay is 1..600000 ms")
+        self._append({**self._stall_target("delay", gpu, fn), "ms": ms})
+
+    def release(self, gpu: int | None = None, fn: str | None = None) -> None:
+        """Lift the hangs and delays matching gpu and fn (all of them when both are None)."""
+        self._append(self._stall_target("release", gpu, fn))
+
+    def recovery_action(self, gpu: int, action: int) -> None:
+        """Set the GPU's NVML recovery action (0 none, 1 GPU reset, 2 node reboot, 3 drain
+        P2P, 4 drain and reset, ...), with its event, as a 565+ driver reports it."""
+        if not 0 <= action <= 0xFFFF:
+            raise FakeNvmlError("a recovery action is a small non-negative number")
+        self._append({"kind": "recovery_action", "gpu": self._gpu(gpu).uuid, "value": action})
 
     def recover(self, gpu: int | None = None) -> None:
         """Clear one GPU's faults (or every GPU's), as after a GPU reset."""
@@ -577,6 +637,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xid", type=int, required=True, help="XID number, e.g. 79, 48, 94")
     p.add_argument("--gi", type=int, help="GPU instance id of the MIG device it hits")
     p.add_argument("--ci", type=int, help="compute instance id (default: the GI's only CI)")
+    p.add_argument("--action", type=int, help="recovery action the driver sets with it (565+)")
     kind("lost", "the GPU falls off the bus (GPU_IS_LOST from then on)")
     p = kind("ecc", "ECC errors: SBE (corrected) and/or DBE (uncorrected)")
     p.add_argument("--corrected", type=int, default=0, help="single-bit errors to add")
@@ -599,6 +660,22 @@ def _build_parser() -> argparse.ArgumentParser:
     p = kind("temperature", "set the GPU temperature")
     p.add_argument("--celsius", type=int, required=True)
     kind("recover", "clear the faults of one GPU (--gpu) or of all", gpu_required=False)
+    p = kind("recovery-action", "set the GPU's NVML recovery action (field 230 and its event)")
+    p.add_argument(
+        "--action",
+        type=int,
+        required=True,
+        help="0 none, 1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and reset",
+    )
+    for name, text in (
+        ("hang", "NVML calls block until released (every GPU / function unless named)"),
+        ("delay", "NVML calls take longer (every GPU / function unless named)"),
+        ("release", "lift hangs and delays (all unless --gpu / --fn name some)"),
+    ):
+        p = kind(name, text, gpu_required=False)
+        p.add_argument("--fn", help="NVML function, e.g. nvmlDeviceGetTemperature")
+        if name == "delay":
+            p.add_argument("--ms", type=int, required=True, help="milliseconds added per call")
     return parser
 
 
@@ -613,7 +690,7 @@ def _inject(args: argparse.Namespace) -> None:
     inj = FaultInjector(topo, log)
     k = args.kind
     if k == "xid":
-        inj.xid(args.gpu, args.xid, args.gi, args.ci)
+        inj.xid(args.gpu, args.xid, args.gi, args.ci, args.action)
     elif k == "lost":
         inj.lost(args.gpu)
     elif k == "ecc":
@@ -630,6 +707,14 @@ def _inject(args: argparse.Namespace) -> None:
         inj.temperature(args.gpu, args.celsius)
     elif k == "recover":
         inj.recover(args.gpu)
+    elif k == "recovery-action":
+        inj.recovery_action(args.gpu, args.action)
+    elif k == "hang":
+        inj.hang(args.gpu, args.fn)
+    elif k == "delay":
+        inj.delay(args.ms, args.gpu, args.fn)
+    elif k == "release":
+        inj.release(args.gpu, args.fn)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
