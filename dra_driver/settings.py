@@ -43,6 +43,7 @@ class Settings:
     health_hold: float = DEFAULT_HOLD_SECONDS  # quiet time before an event's condition clears
     health_ignored_xids: tuple[int, ...] = DEFAULT_IGNORED_XIDS
     health_temperature_threshold: int = DEFAULT_TEMPERATURE_THRESHOLD_C  # 0: off
+    health_nvml_deadline: float = 5.0  # an NVML job on one GPU overrunning this: Unknown
     log_level: str = "INFO"
     partitionable_devices: bool = False  # publish KEP-4815 counter sets + abstract MIG devices
     metrics_address: str = ""  # HOST:PORT serving Prometheus /metrics; empty: no endpoint
@@ -227,6 +228,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a GPU at or above this temperature is Degraded; 0 turns the check off "
         "(env HEALTH_TEMPERATURE_THRESHOLD)",
     )
+    parser.add_argument(
+        "--health-nvml-deadline",
+        type=_positive_seconds,
+        default=_env("HEALTH_NVML_DEADLINE", str(d.health_nvml_deadline)),
+        metavar="SECONDS",
+        help="an NVML call on one GPU (health sample, compute mode) that takes longer makes "
+        "that GPU Unknown (tainted) and fails the claim step; checks of other GPUs go on "
+        "(env HEALTH_NVML_DEADLINE)",
+    )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
     parser.add_argument(
         "--partitionable-devices",
@@ -278,6 +288,7 @@ def from_args(ns: argparse.Namespace) -> Settings:
         health_hold=ns.health_hold,
         health_ignored_xids=tuple(ns.health_ignored_xids),
         health_temperature_threshold=ns.health_temperature_threshold,
+        health_nvml_deadline=ns.health_nvml_deadline,
         log_level=ns.log_level,
         partitionable_devices=getattr(ns, "partitionable_devices", False),
         metrics_address=getattr(ns, "metrics_address", ""),
