@@ -479,8 +479,12 @@ class HealthMonitor:
         except Exception:  # a bug: log it, keep polling
             self._ratelimited("apply", logging.ERROR, "BUG: applying a sample", exc_info=True)
 
-    def _mark_unresponsive(self) -> None:
-        """Every GPU whose running sample is past the deadline reads Unknown (refreshed)."""
+    def _mark_unresponsive(self, refresh: bool = True) -> None:
+        """Every GPU whose running job is past the deadline reads Unknown.
+
+        refresh=False (the watchdog) only adds newly stuck GPUs; the poll round
+        refreshes "for N s" of the others once per interval, not every tick.
+        """
         for gpu in self._inventory.gpus:
             stuck = self.workers.stuck(gpu.uuid, self.config.deadline)
             if stuck is None:
@@ -488,6 +492,8 @@ class HealthMonitor:
             since, what = stuck
             if self.policy.unresponsive(gpu.uuid) is None:
                 self.stats.deadline_misses += 1
+            elif not refresh:
+                continue
             self._apply(partial(self.policy.set_unresponsive, gpu.uuid, since, what, gpu.index))
 
     def _sample_returned(
@@ -521,9 +527,17 @@ class HealthMonitor:
     async def _watchdog(self) -> None:
         """Every device goes Unknown while the event thread or the poller is stuck."""
         cfg = self.config
+        last = self._clock()
         while not self._stopping.is_set():
             await asyncio.sleep(cfg.watchdog_interval)
             now = self._clock()
+            if now - last > cfg.watchdog_interval + cfg.deadline:
+                # The event loop itself was held up (a slow synchronous step, e.g. an
+                # import at start): the poller could not run either. Sample now and
+                # judge it from here, not from before the hold-up.
+                self._poll_progress = max(self._poll_progress, now - cfg.poll_interval)
+                self._wake.set()
+            last = now
             if self._thread is not None:
                 quiet = now - self._event_progress
                 if quiet > cfg.event_stall_after:
@@ -549,4 +563,4 @@ class HealthMonitor:
             else:
                 self._apply(partial(self.policy.clear_stalled, "poll"))
             # A GPU stuck past its deadline between rounds is noticed here too.
-            self._mark_unresponsive()
+            self._mark_unresponsive(refresh=False)
