@@ -13,9 +13,11 @@ count from 0 to 1):
     A topology file path, or the name of a shipped one (``small`` when unset;
     see ``python -m dra_driver.testing.fakenvml topologies``).
 ``FAKE_NVML_FAULTS``
-    The fault log path.  Default: ``$FAKE_NVML_STATE_DIR/<topology name>.faults.jsonl``,
-    with ``FAKE_NVML_STATE_DIR`` defaulting to ``/tmp/fakenvml-<uid>``.  Give each
-    simulated node (and each test) its own log.
+    The fault log path.  Else ``$FAKE_NVML_STATE_DIR/<topology name>.faults.jsonl``
+    when ``FAKE_NVML_STATE_DIR`` is set.  With neither, the run has no fault log
+    and sees no faults: there is no shared default, so an injection made for one
+    run never reaches a later, unrelated one.  To inject, give the driver process
+    and ``inject`` the same log.  Give each simulated node (and each test) its own.
 
 An invalid topology makes ``nvmlInit`` fail with ``NVML_ERROR_UNKNOWN`` and
 prints the reason (file, element, problem) to stderr once.
@@ -141,7 +143,9 @@ Command line::
         release [--gpu N] [--fn NAME]
 
 ``--topology``/``--faults`` default to ``FAKE_NVML_TOPOLOGY``/``FAKE_NVML_FAULTS``
-(resolved as the library does), so the injector and the driver agree by default.
+(resolved as the library does, ``FAKE_NVML_STATE_DIR`` included), so the
+injector and the driver agree when they share the environment; with no fault
+log named, ``inject`` refuses rather than write to a log no driver reads.
 
 Using the fake from nvidia-ml-py: pynvml loads ``CDLL("libnvidia-ml.so.1")``;
 :func:`load_into_pynvml` instead installs ``CDLL(library_path())`` as the
@@ -154,11 +158,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.machinery
 import importlib.util
 import json
 import os
 import struct
 import sys
+import tempfile
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,15 +196,37 @@ class FakeNvmlError(Exception):
     """The fake library is missing, or a topology or fault request is invalid."""
 
 
+def _library_candidates() -> list[Path]:
+    """Where a built fake library may be, in order of preference.
+
+    First this package's own directory. Then the same place in every other
+    copy of the package on sys.path: run from a source checkout after
+    ``pip install .``, the unbuilt source tree shadows the installed package,
+    whose directory holds the library.
+    """
+    spec = importlib.util.find_spec(LIBRARY_MODULE)
+    out = [Path(spec.origin)] if spec is not None and spec.origin else []
+    names = [f"_fakenvml{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    for entry in sys.path:
+        base = Path(entry or ".") / "dra_driver" / "testing"
+        out.extend(base / name for name in names)
+    return out
+
+
 def library_path() -> str:
     """Path of the built fake libnvidia-ml (located without importing it)."""
-    spec = importlib.util.find_spec(LIBRARY_MODULE)
-    if spec is None or spec.origin is None or not os.path.isfile(spec.origin):
-        raise FakeNvmlError(
-            "the fake NVML library is not built: run "
-            "`python setup.py build_ext --inplace` (or install the package)"
-        )
-    return spec.origin
+    seen: set[Path] = set()
+    for candidate in _library_candidates():
+        resolved = candidate.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        if resolved.is_file():
+            return str(resolved)
+    raise FakeNvmlError(
+        "the fake NVML library is not built (looked in every dra_driver/testing on sys.path): "
+        "run `pip install .` or `python setup.py build_ext --inplace` (needs a C compiler)"
+    )
 
 
 def topology_names() -> list[str]:
@@ -304,10 +332,22 @@ def load_topology(spec: str | os.PathLike[str] | None = None) -> Topology:
 
 
 def default_fault_log(topology_name: str, environ: Mapping[str, str] | None = None) -> Path:
-    """The fault log the library uses when FAKE_NVML_FAULTS is unset."""
+    """The fault log the library uses when FAKE_NVML_FAULTS is unset: under FAKE_NVML_STATE_DIR."""
     env = os.environ if environ is None else environ
-    state = env.get(ENV_STATE_DIR) or f"/tmp/fakenvml-{os.getuid()}"
+    state = env.get(ENV_STATE_DIR)
+    if not state:
+        raise FakeNvmlError(f"no fault log: neither {ENV_FAULTS} nor {ENV_STATE_DIR} is set")
     return Path(state) / f"{topology_name}.faults.jsonl"
+
+
+def fault_log_of(topology_name: str, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The fault log a library run in environ reads, exactly as it resolves it; None: none."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_FAULTS):
+        return Path(env[ENV_FAULTS])
+    if env.get(ENV_STATE_DIR):
+        return default_fault_log(topology_name, env)
+    return None
 
 
 def parse_throttle_reasons(text: str) -> int:
@@ -335,16 +375,23 @@ class FaultInjector:
 
     def _append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        self.fault_log.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.fault_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            # One write on O_APPEND: readers never see two records interleaved.
-            if os.write(fd, line) != len(line):
-                raise FakeNvmlError(f"short write to {self.fault_log}")
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        self._bump_generation(size)
+            self.fault_log.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(
+                self.fault_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+            try:
+                # One write on O_APPEND: readers never see two records interleaved.
+                if os.write(fd, line) != len(line):
+                    raise FakeNvmlError(f"short write to {self.fault_log}")
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            self._bump_generation(size)
+        except OSError as e:
+            raise FakeNvmlError(
+                f"cannot write fault log {self.fault_log}: {e.strerror or e}"
+            ) from e
 
     def _bump_generation(self, size: int) -> None:
         """Publish the new log size in the sidecar every reader maps.
@@ -499,7 +546,7 @@ class FaultInjector:
 
 @dataclass
 class FakeNode:
-    """One simulated node: a topology plus its own fault log.
+    """One simulated node: a topology plus its own fault log (default: in a new temp dir).
 
     ``env()`` gives the variables a driver process needs; ``apply_env`` sets
     them in a mapping (``os.environ`` for the current process, before its
@@ -513,8 +560,9 @@ class FakeNode:
 
     def __post_init__(self) -> None:
         self.spec = load_topology(self.topology)
-        if self.fault_log is None:
-            self.fault_log = default_fault_log(self.spec.name)
+        if self.fault_log is None:  # a log of this node's own, never a shared one
+            state = tempfile.mkdtemp(prefix=f"fakenvml-{self.spec.name}-")
+            self.fault_log = Path(state) / f"{self.spec.name}.faults.jsonl"
         self.fault_log = Path(self.fault_log)
         self.faults = FaultInjector(self.spec, self.fault_log)
 
@@ -574,7 +622,9 @@ def _build_parser() -> argparse.ArgumentParser:
     inject.add_argument(
         "--faults",
         type=Path,
-        help=f"fault log (default: ${ENV_FAULTS}, else derived from the topology name)",
+        help=f"fault log (default: ${ENV_FAULTS}, else ${ENV_STATE_DIR}/<topology>.faults.jsonl;"
+        " with neither, inject refuses: a driver run reads faults only from a log it is given "
+        f"the same way, so an injection never leaks into later, unrelated runs)",
     )
     kinds = inject.add_subparsers(dest="kind", required=True)
 
@@ -631,9 +681,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _inject(args: argparse.Namespace) -> None:
     topo = load_topology(args.topology)
-    log = args.faults or (
-        Path(os.environ[ENV_FAULTS]) if os.environ.get(ENV_FAULTS) else default_fault_log(topo.name)
-    )
+    log = args.faults or fault_log_of(topo.name)
+    if log is None:
+        raise FakeNvmlError(
+            f"no fault log: give --faults PATH or set {ENV_FAULTS}, and run the driver with "
+            f"the same {ENV_FAULTS} (there is no shared default log)"
+        )
     inj = FaultInjector(topo, log)
     k = args.kind
     if k == "xid":

@@ -90,16 +90,20 @@ static int mkdirs(const char *dir) {
 
 int fake_faults_open(char *err, size_t errlen) {
     const char *path = getenv("FAKE_NVML_FAULTS");
+    const char *state = getenv("FAKE_NVML_STATE_DIR");
     if (path != NULL && path[0] != '\0') {
         snprintf(g_fault_path, sizeof g_fault_path, "%s", path);
-    } else {
-        const char *state = getenv("FAKE_NVML_STATE_DIR");
-        char def[PATH_MAX];
-        if (state == NULL || state[0] == '\0') {
-            snprintf(def, sizeof def, "/tmp/fakenvml-%u", (unsigned int)getuid());
-            state = def;
-        }
+    } else if (state != NULL && state[0] != '\0') {
         snprintf(g_fault_path, sizeof g_fault_path, "%.3800s/%.200s.faults.jsonl", state, g_sys.name);
+    } else {
+        /* No fault log named: this run sees no faults. A shared default would let an
+         * injection of one run (say `inject lost`) reach every later, unrelated one. */
+        g_fault_path[0] = '\0';
+        g_fault_fd = -1;
+        g_fold_off = 0;
+        g_record_count = 0;
+        g_gen_map = NULL;
+        return 0;
     }
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", g_fault_path);
