@@ -32,6 +32,7 @@ from .kubelet.options import (
     PluginConfig,
     PluginOptions,
 )
+from .nvml.deadline import DEFAULT_DEADLINE
 from .prepare.options import DEFAULT_CDI_ROOT, PreparerConfig
 from .slices.options import PublisherConfig
 
@@ -67,6 +68,7 @@ class Settings:
     health_hold: float = DEFAULT_HOLD_SECONDS
     health_ignored_xids: tuple[int, ...] = DEFAULT_IGNORED_XIDS
     health_temperature_threshold: int = DEFAULT_TEMPERATURE_THRESHOLD_C  # 0: off
+    health_nvml_deadline: float = DEFAULT_DEADLINE  # a GPU's NVML job overrunning this: Unknown
     health_resend_interval: float = _PLUGIN_DEFAULTS.health_resend_interval
     registration_backoff: float = _PLUGIN_DEFAULTS.registration_backoff
     shutdown_grace: float = _PLUGIN_DEFAULTS.shutdown_grace
@@ -110,6 +112,7 @@ class Settings:
     def monitor_config(self) -> MonitorConfig:
         return MonitorConfig(
             poll_interval=self.health_poll_interval,
+            deadline=self.health_nvml_deadline,
             policy=PolicyConfig(
                 hold_seconds=self.health_hold,
                 ignored_xids=frozenset(self.health_ignored_xids),
@@ -360,6 +363,11 @@ FLAGS: tuple[Flag, ...] = (
          _D.health_temperature_threshold,
          "a GPU at or above this temperature is Degraded; 0 turns the check off",
          frozenset({RUN}), _HEALTH, "CELSIUS"),
+    Flag("--health-nvml-deadline", "HEALTH_NVML_DEADLINE", positive_seconds,
+         _D.health_nvml_deadline,
+         "an NVML call on one GPU (health sample, compute mode) that takes longer makes that "
+         "GPU Unknown (tainted) and fails the claim step; checks of other GPUs go on",
+         frozenset({RUN}), _HEALTH, "SECONDS"),
     Flag("--partitionable-devices", "PARTITIONABLE_DEVICES", parse_bool,
          _D.partitionable_devices,
          "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36)",

@@ -229,6 +229,12 @@ class ScriptedBackend:
             raise self.samples
         return list(self.samples)
 
+    def health_sample_gpu(self, index: int) -> HealthSample:
+        self.sample_calls += 1
+        if isinstance(self.samples, Exception):
+            raise self.samples
+        return next(s for s in self.samples if s.gpu_index == index)
+
     def register_events(self, mask: int = HEALTH_EVENT_MASK) -> list[EventRegistration]:
         if isinstance(self.registration, Exception):
             raise self.registration
@@ -247,8 +253,8 @@ class ScriptedBackend:
     def set_compute_mode(self, gpu_uuid: str, mode: int) -> None:
         raise NvmlError(ERROR_NOT_SUPPORTED, "not scripted")
 
-    def close(self) -> None:
-        pass
+    def close(self, timeout: float | None = None) -> bool:
+        return True
 
 
 @pytest.fixture
