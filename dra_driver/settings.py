@@ -20,6 +20,9 @@ from .health.policy import (
 
 DEFAULT_DRIVER = "gpu.nvidia.com"
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
+# Our state lives in a directory of its own inside the plugin directory: NVIDIA's driver
+# keeps its checkpoint.json, cp.lock and pu.lock directly in <plugins dir>/<driver>.
+STATE_SUBDIR = "dra-driver-gpu"
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class Settings:
     plugins_dir: Path = Path("/var/lib/kubelet/plugins")
     registry_dir: Path = Path("/var/lib/kubelet/plugins_registry")
     cdi_root: Path = Path("/var/run/cdi")
-    state_dir: Path | None = None  # default: <plugins_dir>/<driver_name>
+    state_dir: Path | None = None  # default: <plugins_dir>/<driver_name>/dra-driver-gpu
     nvml_library: str | None = None  # default: libnvidia-ml.so.1 from the loader path
     nvml_backend: str = "auto"  # auto | cffi | nvidia-ml-py
     fake_nvml: str | None = None  # topology of the bundled fake NVML (demo/testing)
@@ -37,7 +40,7 @@ class Settings:
     dev_root: Path = Path("/")  # host root where /dev lives (tests use a temp tree)
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
-    driver_root: Path = Path("/")  # where the NVIDIA driver's files are on the host
+    driver_root: Path = Path("/")  # where this process reads the NVIDIA driver's files
     health: bool = True
     health_poll_interval: float = 10.0  # seconds between degradation samples
     health_hold: float = DEFAULT_HOLD_SECONDS  # quiet time before an event's condition clears
@@ -46,6 +49,10 @@ class Settings:
     log_level: str = "INFO"
     partitionable_devices: bool = False  # publish KEP-4815 counter sets + abstract MIG devices
     metrics_address: str = ""  # HOST:PORT serving Prometheus /metrics; empty: no endpoint
+    # The driver root as the host names it, for CDI specs (default: driver_root).
+    host_driver_root: Path | None = None
+    # The NVIDIA kernel driver's /proc directory (default: <proc_root>/driver/nvidia).
+    nvidia_proc_dir: Path | None = None
 
     @property
     def plugin_dir(self) -> Path:
@@ -62,7 +69,28 @@ class Settings:
 
     @property
     def state_path(self) -> Path:
-        return self.state_dir if self.state_dir is not None else self.plugin_dir
+        return self.state_dir if self.state_dir is not None else self.plugin_dir / STATE_SUBDIR
+
+    def resolved_nvml_library(self) -> str | None:
+        """--nvml-library, else libnvidia-ml.so.1 under a driver root mounted elsewhere.
+
+        None: the dynamic loader's own search (the driver root is "/").
+        """
+        if self.nvml_library:
+            return self.nvml_library
+        from .hostpaths import nvml_library_under
+
+        return nvml_library_under(self.driver_root)
+
+    @property
+    def host_driver_root_path(self) -> Path:
+        return self.host_driver_root if self.host_driver_root is not None else self.driver_root
+
+    @property
+    def nvidia_proc_path(self) -> Path:
+        if self.nvidia_proc_dir is not None:
+            return self.nvidia_proc_dir
+        return self.proc_root / "driver/nvidia"
 
 
 # Every variable a flag reads, recorded by _env() as add_arguments() runs.
@@ -189,7 +217,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev-root", default=_env("DEV_ROOT", str(d.dev_root)))
     parser.add_argument("--proc-root", default=_env("PROC_ROOT", str(d.proc_root)))
     parser.add_argument("--sys-root", default=_env("SYS_ROOT", str(d.sys_root)))
-    parser.add_argument("--driver-root", default=_env("NVIDIA_DRIVER_ROOT", str(d.driver_root)))
+    parser.add_argument(
+        "--driver-root",
+        default=_env("DRIVER_ROOT_CTR_PATH", None),
+        metavar="DIR",
+        help="where this process reads the NVIDIA driver's files (in a pod: where the host's "
+        "driver root is mounted, e.g. /driver-root); default: --host-driver-root "
+        "(env DRIVER_ROOT_CTR_PATH)",
+    )
+    parser.add_argument(
+        "--host-driver-root",
+        default=_env("NVIDIA_DRIVER_ROOT", _env("HOST_DRIVER_ROOT", None)),
+        metavar="DIR",
+        help="the same directory as the host names it, written into CDI specs: / or e.g. "
+        "/run/nvidia/driver; default: --driver-root, else / (env NVIDIA_DRIVER_ROOT)",
+    )
+    parser.add_argument(
+        "--nvidia-proc-dir",
+        default=_env("NVIDIA_PROC_DIR", None),
+        metavar="DIR",
+        help="the NVIDIA kernel driver's /proc/driver/nvidia (MIG capabilities); default: "
+        "<--proc-root>/driver/nvidia (env NVIDIA_PROC_DIR)",
+    )
     parser.add_argument(
         "--health",
         action=argparse.BooleanOptionalAction,
@@ -272,7 +321,9 @@ def from_args(ns: argparse.Namespace) -> Settings:
         dev_root=Path(ns.dev_root),
         proc_root=Path(ns.proc_root),
         sys_root=Path(ns.sys_root),
-        driver_root=Path(ns.driver_root),
+        driver_root=Path(ns.driver_root or ns.host_driver_root or "/"),
+        host_driver_root=Path(ns.host_driver_root) if ns.host_driver_root else None,
+        nvidia_proc_dir=Path(ns.nvidia_proc_dir) if ns.nvidia_proc_dir else None,
         health=ns.health,
         health_poll_interval=ns.health_poll_interval,
         health_hold=ns.health_hold,

@@ -186,7 +186,12 @@ class ClaimPreparer:
         state = settings.state_path
         self._instances = InstanceRegistry(state / "instances")
         self._host = HostLayout(
-            settings.dev_root, settings.proc_root, settings.driver_root, self._driver_version
+            settings.dev_root,
+            settings.proc_root,
+            settings.driver_root,
+            self._driver_version,
+            host_driver_root=settings.host_driver_root_path,
+            nvidia_proc_dir=settings.nvidia_proc_path,
         )
         self._cdi = CdiSpecs(
             settings.cdi_root, settings.driver_name, self._host, owner=self._instances.id
