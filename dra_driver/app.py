@@ -286,10 +286,13 @@ class App:
             raise StartupError(f"cannot configure the API client: {e}") from e
 
     async def _preparer(self, inventory: Inventory) -> Preparer:
-        from .prepare.preparer import ApiClaimSource, ClaimPreparer, NoApiClaimSource
+        from .prepare.preparer import ClaimPreparer
+        from .prepare.sources import ApiClaimSource, NoApiClaimSource
 
         source = ApiClaimSource(self.api) if self.api is not None else NoApiClaimSource()
-        preparer = ClaimPreparer(self.settings, lambda: inventory, source, self.board, self.backend)
+        preparer = ClaimPreparer(
+            self.settings.preparer_config(), lambda: inventory, source, self.board, self.backend
+        )
         self.preparer = preparer
         try:
             await preparer.start()
@@ -302,7 +305,7 @@ class App:
 
         assert self.board is not None and self.api is not None
         try:
-            publisher = SlicePublisher(self.settings, self.api)
+            publisher = SlicePublisher(self.settings.publisher_config(), self.api)
         except ValueError as e:  # a driver or node name the API would reject
             raise StartupError(str(e)) from e
         self.publisher = publisher

@@ -481,9 +481,3 @@ class MetricsServer:
             self._thread = None
         self._server.server_close()
 
-
-def serve(metrics: Metrics, address: str) -> MetricsServer:
-    """Bind and start the endpoint (see MetricsServer for the errors it raises)."""
-    server = MetricsServer(metrics.registry, address)
-    server.start()
-    return server

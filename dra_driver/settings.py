@@ -17,6 +17,8 @@ from .health.policy import (
     DEFAULT_IGNORED_XIDS,
     DEFAULT_TEMPERATURE_THRESHOLD_C,
 )
+from .prepare.options import PreparerConfig
+from .slices.options import PublisherConfig
 
 DEFAULT_DRIVER = "gpu.nvidia.com"
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
@@ -91,6 +93,26 @@ class Settings:
         if self.nvidia_proc_dir is not None:
             return self.nvidia_proc_dir
         return self.proc_root / "driver/nvidia"
+
+    def publisher_config(self) -> PublisherConfig:
+        return PublisherConfig(
+            driver_name=self.driver_name,
+            node_name=self.node_name,
+            partitionable_devices=self.partitionable_devices,
+        )
+
+    def preparer_config(self) -> PreparerConfig:
+        return PreparerConfig(
+            driver_name=self.driver_name,
+            pool_name=self.node_name,
+            state_dir=self.state_path,
+            cdi_root=self.cdi_root,
+            dev_root=self.dev_root,
+            proc_root=self.proc_root,
+            driver_root=self.driver_root,
+            host_driver_root=self.host_driver_root_path,
+            nvidia_proc_dir=self.nvidia_proc_path,
+        )
 
 
 # Every variable a flag reads, recorded by _env() as add_arguments() runs.

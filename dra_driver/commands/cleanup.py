@@ -30,9 +30,7 @@ def delete_node_slices(api: SliceApi, driver: str, node_name: str) -> int:
     One DeleteCollection when the server (and RBAC) allows it, else one
     DELETE per slice; a slice already gone is fine.
     """
-    from kubernetes.client.exceptions import ApiException
-
-    from ..slices.api import slice_field_selector
+    from ..slices.api import ApiError, slice_field_selector
 
     selector = slice_field_selector(driver, node_name)
     items, _ = api.list_slices(selector)
@@ -40,7 +38,7 @@ def delete_node_slices(api: SliceApi, driver: str, node_name: str) -> int:
         return 0
     try:
         api.delete_collection(selector)
-    except ApiException as e:
+    except ApiError as e:
         if e.status not in (403, 404, 405):
             raise
         items, _ = api.list_slices(selector)
@@ -51,11 +49,8 @@ def delete_node_slices(api: SliceApi, driver: str, node_name: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import urllib3
-    from kubernetes.client.exceptions import ApiException
-
     from ..k8s import NoApiServerConfigError, load_api_client
-    from ..slices.api import SliceApi
+    from ..slices.api import ApiError, ApiUnreachable, SliceApi
 
     s = settings_mod.from_args(args)
     try:
@@ -64,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
     except NoApiServerConfigError as e:
         print(f"dra-driver cleanup: {e}", file=sys.stderr)
         return 2
-    except ApiException as e:
+    except ApiError as e:
         print(
-            f"dra-driver cleanup: the API server answered {e.status}: {e.reason}", file=sys.stderr
+            f"dra-driver cleanup: the API server answered {e.status}: {e.message}",
+            file=sys.stderr,
         )
         return 1
-    except (urllib3.exceptions.HTTPError, OSError) as e:
+    except ApiUnreachable as e:
         print(f"dra-driver cleanup: cannot reach the API server: {e}", file=sys.stderr)
         return 1
     print(f"deleted {n} ResourceSlice(s) of {s.driver_name} on node {s.node_name}")

@@ -31,9 +31,10 @@ from dra_driver.nvml.types import (
     MigRecord,
     NvmlSnapshot,
 )
-from dra_driver.settings import Settings
 from dra_driver.slices.builder import build_pool
-from dra_driver.slices.publisher import SlicePublisher, health_taints
+from dra_driver.slices.options import PublisherConfig
+from dra_driver.slices.publisher import SlicePublisher
+from dra_driver.slices.taints import health_taints
 from dra_driver.testing.apiserver import RESOURCES, ApiServerDouble
 
 DRIVER = "gpu.nvidia.com"
@@ -123,8 +124,8 @@ def writes(server: ApiServerDouble) -> int:
 
 @contextlib.asynccontextmanager
 async def running(api: client.ApiClient, **kw: Any) -> AsyncIterator[SlicePublisher]:
-    settings = kw.pop("settings", Settings(driver_name=DRIVER, node_name=NODE))
-    pub = SlicePublisher(settings, api, **{**FAST, **kw})
+    config = kw.pop("config", PublisherConfig(driver_name=DRIVER, node_name=NODE))
+    pub = SlicePublisher(dataclasses.replace(config, **{**FAST, **kw}), api)
     task = asyncio.create_task(pub.run())
     try:
         yield pub
@@ -497,8 +498,8 @@ async def test_partitionable_devices_publish_counter_slices(
     )
     records = tuple(dataclasses.replace(_gpu(i), mig_profiles=profiles) for i in range(10))
     inv = build_inventory(NvmlSnapshot("550.54.15", 12040, records))
-    settings = Settings(driver_name=DRIVER, node_name=NODE, partitionable_devices=True)
-    async with running(api_client, settings=settings) as pub:
+    config = PublisherConfig(driver_name=DRIVER, node_name=NODE, partitionable_devices=True)
+    async with running(api_client, config=config) as pub:
         pub.set_desired(inv)
         await converge(pub)
     stored = ours(server)
@@ -511,8 +512,8 @@ async def test_partitionable_devices_publish_counter_slices(
 async def test_cleanup_deletes_only_this_nodes_slices(
     server: ApiServerDouble, api_client: client.ApiClient, node: dict[str, Any], tmp_path: Path
 ) -> None:
-    other = Settings(driver_name=DRIVER, node_name="node-b")
-    async with running(api_client) as a, running(api_client, settings=other) as b:
+    other = PublisherConfig(driver_name=DRIVER, node_name="node-b")
+    async with running(api_client) as a, running(api_client, config=other) as b:
         a.set_desired(node_inventory())
         b.set_desired(node_inventory())
         await converge(a)

@@ -18,7 +18,7 @@ from dra_driver import settings as settings_mod
 from dra_driver.hostpaths import DriverRoot, library_dirs, nvml_library_under
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.cdi import CdiSpecs, HostLayout, SpecDevice
-from dra_driver.prepare.simhost import make_inventory, populate_host
+from dra_driver.testing.simhost import make_inventory, populate_host
 
 HOST_ROOT = Path("/run/nvidia/driver")  # the GPU Operator's driver root on the host
 UID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"

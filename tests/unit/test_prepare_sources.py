@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from dra_driver.k8s import load_api_client
-from dra_driver.prepare.preparer import (
+from dra_driver.prepare.sources import (
     ApiClaimSource,
     ClaimNotFound,
     ClaimSourceError,
     NoApiClaimSource,
 )
-from dra_driver.prepare.simhost import claim_object
 from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing.simhost import claim_object
 
 
 @pytest.fixture

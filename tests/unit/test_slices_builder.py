@@ -19,8 +19,8 @@ from dra_driver.slices.builder import (
     counter_name,
     slice_generate_name,
 )
-from dra_driver.slices.publisher import health_taints, taint_value
 from dra_driver.slices.quantity import QuantityError, format_quantity, parse_quantity
+from dra_driver.slices.taints import health_taints, taint_value
 
 MiB = 1024**2
 GiB = 1024**3
