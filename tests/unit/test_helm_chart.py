@@ -434,3 +434,29 @@ def test_examples_use_our_classes_and_valid_configs() -> None:
                 params = config["opaque"]["parameters"]
                 decode_parameters(params, f"{path.name}")  # raises on a bad field
     assert {"ResourceClaim", "ResourceClaimTemplate", "Pod", "Namespace"} <= seen
+
+
+def test_fake_nvml_mode_builds_a_simulated_host_and_points_the_plugin_at_it() -> None:
+    from dra_driver.testing import simhost
+
+    docs = render("fakeNvml.topology=small", "fakeNvml.hostDir=/var/lib/sim")
+    pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    script, topology = init["command"][2], init["command"][3]
+    assert init["command"][:2] == ["sh", "-c"] and topology == "small"
+    module_args = script.split("python3 -m dra_driver.testing.simhost ", 1)[1]
+    argv = module_args.replace('"$0"', topology).split()
+    parsed = simhost._parser().parse_args(argv)
+    assert (str(parsed.directory), parsed.topology, parsed.mknod) == ("/sim/host", "small", True)
+    c = container(docs)
+    assert {"name": "FAKE_NVML", "value": "small"} in c["env"]
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    assert volumes["simulated-host"] == "/var/lib/sim"
+    host = "/var/lib/sim/host"  # what the init container's /sim/host is on the node
+    assert volumes["driver-root"] == f"{host}/driver-root"
+    assert volumes["dev"] == f"{host}/dev-root/dev"
+    assert volumes["sys"] == f"{host}/sys"
+    assert volumes["proc-driver-nvidia"] == f"{host}/proc/driver/nvidia"
+    s = plugin_settings(c)
+    assert s.host_driver_root_path == Path(f"{host}/driver-root")  # what specs name
+    assert s.fake_nvml == "small" and s.nvml_library  # the bundled fake library

@@ -62,6 +62,9 @@ app.kubernetes.io/component: kubelet-plugin
 {{- if not (hasPrefix "/" .Values.cdiRoot) }}
 {{- fail (printf "cdiRoot %q must be an absolute host path" .Values.cdiRoot) }}
 {{- end }}
+{{- if not (hasPrefix "/" .Values.fakeNvml.hostDir) }}
+{{- fail (printf "fakeNvml.hostDir %q must be an absolute host path" .Values.fakeNvml.hostDir) }}
+{{- end }}
 {{- range $k, $v := .Values.host }}
 {{- if not (hasPrefix "/" $v) }}
 {{- fail (printf "host.%s %q must be an absolute host path" $k $v) }}
