@@ -241,6 +241,13 @@ class App:
         """Shut NVML down in a daemon thread, bounded: a hung call must not hold the exit."""
         assert self.backend is not None
         backend = self.backend
+        if self.nvml_calls_in_flight():
+            # Never shut NVML down under a live call (undefined on a real driver):
+            # the process exit releases it.
+            log.warning("NVML left initialised: a call on a hung GPU is still running")
+            if self.workers is not None:
+                self.workers.shutdown()
+            return
         done = threading.Event()
 
         def close() -> None:
