@@ -115,6 +115,8 @@ class App:
     def nvml_calls_in_flight(self) -> bool:
         """Whether a per-GPU NVML job is still running (hung) right now."""
         workers, inv = self.workers, self.inventory
+        if self.monitor is not None and self.monitor.event_thread_alive and self._stop.is_set():
+            return True  # stopped, yet still inside nvmlEventSetWait: a hung event path
         if workers is None or inv is None:
             return False
         return any(workers.busy_since(g.uuid) is not None for g in inv.gpus)

@@ -295,3 +295,20 @@ async def test_a_565_driver_classifies_by_its_recovery_action_and_clears_on_none
             wait_until(lambda: recovery_taint() == set(), 5, "the taint removed")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_hung_event_wait_makes_every_device_unknown_and_sigterm_still_ends_it(
+    node: Node, client: DraClient
+) -> None:
+    watch = Watch(client.watch_health("v1"))
+    await watch.until(all_healthy, 5, "a healthy start")
+    node.faults.hang(fn="nvmlEventSetWait_v2")
+    # The wait in flight returns within its 0.5 s timeout; the next one hangs, and
+    # the watchdog notices once the wait timeout plus the deadline have passed.
+    await watch.until(
+        lambda h: all(s == health_pb.UNKNOWN for s, _, _ in h.values()), 5, "every device Unknown"
+    )
+    assert all("health checks stalled" in m for _, m, _ in watch.last.values())
+    t0 = time.monotonic()
+    rc = node.plugin.stop(signal.SIGTERM, timeout=GRACE + 5)
+    assert time.monotonic() - t0 < GRACE + 0.5 and rc == 0
