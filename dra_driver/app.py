@@ -6,6 +6,9 @@ Start order (each step needs the previous one):
   health board -> health monitor (events registered; when --health) ->
   API client (optional) -> preparer (checkpoint loaded) ->
   slice publisher (background) -> DRA socket -> registration socket.
+Files: umask 077 from the start; the plugin directory and the state directory
+are 0700, sockets 0600 (whoever can connect can unprepare claims), CDI specs
+0644 (runtimes read them) in a CDI root created 0755 if missing.
 A failure before the sockets exist exits non-zero with one clear message:
 a plugin without NVML, or without its sockets, must not look alive to the
 kubelet. SIGTERM/SIGINT at any point leads to an orderly exit with code 0,
@@ -28,10 +31,13 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
 from .health.board import Health, HealthBoard
+from .heartbeat import FILE_NAME as HEARTBEAT_FILE
+from .heartbeat import Heartbeat
 from .inventory import Inventory, build_inventory
 from .kubelet.plugin import KubeletPlugin
 from .kubelet.sockets import (
@@ -65,8 +71,14 @@ class StartupError(RuntimeError):
     """A start step failed in a way the operator must fix; the message says how."""
 
 
+PRIVATE_DIR_MODE = 0o700
+CDI_ROOT_MODE = 0o755
+
+
 def run(settings: Settings) -> int:
     """Run the plugin until SIGTERM/SIGINT; returns the process exit code."""
+    # Nothing this process creates is for other users unless it says so explicitly.
+    os.umask(0o077)
     log.info("dra-driver %s starting on node %s", __version__, settings.node_name)
     problems = socket_path_problems(settings.dra_socket, settings.registration_socket)
     if problems:
@@ -89,6 +101,27 @@ def _flush_and_exit(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(code)
+
+
+def prepare_directories(s: Settings) -> None:
+    """Create the directories the plugin writes, with their modes (see the module doc).
+
+    The plugin and state directories are ours and get 0700 even when they
+    existed; the CDI root and the kubelet's directories may be shared, so an
+    existing one keeps its mode.
+    """
+    for path in (s.plugin_dir, s.state_path):
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, PRIVATE_DIR_MODE)
+    _mkdir_with_mode(s.cdi_root, CDI_ROOT_MODE)
+
+
+def _mkdir_with_mode(path: Path, mode: int) -> None:
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)
 
 
 class App:
@@ -177,6 +210,10 @@ class App:
 
     async def _start(self) -> None:
         s = self.settings
+        try:
+            await asyncio.to_thread(prepare_directories, s)
+        except OSError as e:
+            raise StartupError(f"cannot create the plugin's directories: {e}") from e
         for path in (s.dra_socket, s.registration_socket):
             try:
                 await asyncio.to_thread(claim_path, path)
@@ -225,6 +262,7 @@ class App:
             await self.plugin.start()
         except (SocketPathError, SocketInUseError, OSError) as e:
             raise StartupError(f"cannot serve the kubelet sockets: {e}") from e
+        self._start_heartbeat(backend, self.plugin)
         log.info(
             "started: version=%s driver=%s node=%s nvml=%s devices=%d api-server=%s health=%s "
             "dra-socket=%s registration-socket=%s",
@@ -267,6 +305,17 @@ class App:
         if self.workers is not None:
             self.workers.shutdown()
 
+    def _start_heartbeat(self, backend: NvmlBackend, plugin: KubeletPlugin) -> None:
+        """The file `dra-driver probe` reads: NVML's last answer and the registration."""
+        monitor = self.monitor
+        heartbeat = Heartbeat(
+            self.settings.state_path / HEARTBEAT_FILE,
+            sample=backend.health_sample,
+            polls=(lambda: monitor.counters().polls) if monitor is not None else None,
+            registered=plugin.registered.is_set,
+        )
+        self._spawn(heartbeat.run(), "heartbeat")
+
     def _serve_metrics(self) -> Metrics:
         """Bind the endpoint first, so a taken port fails the start before anything else runs."""
         from .metrics import Metrics, MetricsServer
@@ -290,11 +339,11 @@ class App:
 
         s = self.settings
         try:
-            backend = open_backend(library=s.nvml_library, backend=s.nvml_backend)
+            backend = open_backend(library=s.resolved_nvml_library(), backend=s.nvml_backend)
         except Exception as e:
             raise StartupError(
-                f"cannot load NVML (library={s.nvml_library or 'libnvidia-ml.so.1'}, "
-                f"backend={s.nvml_backend}): {e}"
+                f"cannot load NVML (library={s.resolved_nvml_library() or 'libnvidia-ml.so.1'}, "
+                f"backend={s.nvml_backend}, driver root {s.driver_root}): {e}"
             ) from e
         try:
             snapshot = backend.inventory()

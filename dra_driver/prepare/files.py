@@ -93,6 +93,7 @@ class Recycler:
             self.dir.mkdir(parents=True, exist_ok=True)
             spare = self._hidden(TEMP_MARK)
             fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
+            os.fchmod(fd, self.mode)  # exactly self.mode, whatever the umask
         try:
             view = memoryview(data)
             while view:

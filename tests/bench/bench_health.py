@@ -48,14 +48,14 @@ from dra_driver.inventory import build_inventory, mig_device_name  # noqa: E402
 from dra_driver.kubelet.proto import drahealth_v1alpha1_pb2 as health_pb  # noqa: E402
 from dra_driver.nvml import open_backend  # noqa: E402
 from dra_driver.nvml._common import profile_name  # noqa: E402
-from dra_driver.testing.fakenvml import (  # noqa: E402
+from dra_driver.testing import (  # noqa: E402
+    DraClient,
     FakeNode,
     FaultInjector,
+    PluginProcess,
     library_path,
     load_topology,
 )
-from dra_driver.testing.kubelet import DraClient  # noqa: E402
-from dra_driver.testing.plugin import PluginProcess  # noqa: E402
 
 TARGET_P99_MS = 5.0
 TARGET_HUNG_XID_MS = 50.0

@@ -19,14 +19,13 @@ from typing import Any
 import pytest
 
 from dra_driver.kubelet.proto import drahealth_v1alpha1_pb2 as health_pb
-from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing import ApiServerDouble, DraClient
 from dra_driver.testing.fakenvml import (
     THROTTLE_REASONS,
     FaultInjector,
     default_fault_log,
     load_topology,
 )
-from dra_driver.testing.kubelet import DraClient
 
 from .conftest import DRIVER_NAME, NODE_NAME, PluginFactory, PluginProcess
 
