@@ -148,6 +148,8 @@ class App:
     def nvml_calls_in_flight(self) -> bool:
         """Whether a per-GPU NVML job is still running (hung) right now."""
         workers, inv = self.workers, self.inventory
+        if self.monitor is not None and self.monitor.event_thread_alive and self._stop.is_set():
+            return True  # stopped, yet still inside nvmlEventSetWait: a hung event path
         if workers is None or inv is None:
             return False
         return any(workers.busy_since(g.uuid) is not None for g in inv.gpus)
@@ -279,6 +281,13 @@ class App:
         """Shut NVML down in a daemon thread, bounded: a hung call must not hold the exit."""
         assert self.backend is not None
         backend = self.backend
+        if self.nvml_calls_in_flight():
+            # Never shut NVML down under a live call (undefined on a real driver):
+            # the process exit releases it.
+            log.warning("NVML left initialised: a call on a hung GPU is still running")
+            if self.workers is not None:
+                self.workers.shutdown()
+            return
         done = threading.Event()
 
         def close() -> None:

@@ -345,6 +345,16 @@ class _StateCollector(Collector):
                 "GPUs whose NVML events could not be registered (health by polling only).",
                 value=stats.unmonitored_gpus,
             ),
+            CounterMetricFamily(
+                "dra_gpu_nvml_deadline_misses",
+                "Times a GPU's NVML call overran --health-nvml-deadline (the GPU read Unknown).",
+                value=stats.deadline_misses,
+            ),
+            CounterMetricFamily(
+                "dra_gpu_nvml_late_answers",
+                "Hung NVML calls that returned after all (the GPU answered again).",
+                value=stats.late_answers,
+            ),
         ]
 
     def _publisher(self) -> list[Metric]:

@@ -546,6 +546,8 @@ class HealthPolicy:
         return out
 
     def _on_sample(self, gpu: _Gpu, s: HealthSample, sampled_at: float, out: Outcome) -> None:
+        if gpu.unresponsive is not None:  # it answered, whatever it said
+            out.merge(self.set_answered(gpu.uuid))
         if s.rc != SUCCESS:
             gpu.answering_since = None
         elif gpu.last_rc != SUCCESS or gpu.answering_since is None:
