@@ -18,27 +18,28 @@ import time
 from typing import Any
 
 from .. import settings as settings_mod
+from .common import load_settings
 
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+DESCRIPTION = """\
+Check the dra-driver plugin running on this node the way the kubelet reaches it:
+GetInfo on its registration socket, an empty NodePrepareResources on its DRA
+socket, and the age of NVML's last answer from its heartbeat file. Exit 0 when
+all hold, else 1 with one line saying what failed. The Helm chart's startup,
+readiness and liveness probes; give it the plugin's settings (the chart's
+environment variables do).
+"""
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "probe",
         help="check the running plugin: its kubelet sockets answer and NVML answered recently",
+        description=DESCRIPTION,
     )
-    settings_mod.add_arguments(p)
+    settings_mod.add_arguments(p, settings_mod.PROBE)
     p.add_argument(
         "--max-nvml-age",
-        type=_positive,
+        type=settings_mod.positive_seconds,
         default=60.0,
         metavar="SECONDS",
         help="fail when NVML last answered longer ago than this (must exceed "
@@ -51,7 +52,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=settings_mod.positive_seconds,
         default=5.0,
         metavar="SECONDS",
         help="deadline of each socket call",
@@ -109,7 +110,7 @@ def check(
 
 
 def run(args: argparse.Namespace) -> int:
-    s = settings_mod.from_args(args)
+    s = load_settings(args)
     problems = check(s, args.max_nvml_age, args.require_registration, args.timeout)
     if problems:
         print("probe failed: " + "; ".join(problems), flush=True)

@@ -30,6 +30,7 @@ import pytest
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.checkpoint import decode
 from dra_driver.prepare.types import ClaimRef
+from dra_driver.settings import STATE_SUBDIR
 from dra_driver.testing.apiserver import ApiServerDouble
 from dra_driver.testing.kubelet import DraClient, register
 from dra_driver.testing.simhost import claim_object, populate_host
@@ -69,7 +70,7 @@ async def test_modes_state_dir_and_host_paths_under_umask_000(
                     f"--proc-root={host.proc_root}",
                     f"--driver-root={host.driver_root}",
                     f"--host-driver-root={HOST_DRIVER_ROOT}",
-                    "--state-dir=",  # the default location
+                    f"--state-dir={plugin_dir / STATE_SUBDIR}",  # the default location
                 ],
                 root=root,
             )
@@ -125,7 +126,8 @@ async def test_modes_state_dir_and_host_paths_under_umask_000(
 
 def probe(plugin: PluginProcess, *flags: str) -> subprocess.CompletedProcess[str]:
     """`dra-driver probe` with the plugin's own settings, as the pod's exec probe runs it."""
-    settings = [a for a in plugin.args[4:] if not a.startswith("--health-")]
+    own = ("--driver-name=", "--plugins-dir=", "--registry-dir=", "--state-dir=")
+    settings = [a for a in plugin.args[4:] if a.startswith(own)]
     return subprocess.run(
         [sys.executable, "-m", "dra_driver", "probe", *settings, *flags],
         env=plugin.env,

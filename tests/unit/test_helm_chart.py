@@ -28,6 +28,7 @@ import yaml
 
 from dra_driver import settings as settings_mod
 from dra_driver.cli import build_parser
+from dra_driver.commands.common import resolve_fake_nvml
 from dra_driver.prepare.config import decode_parameters
 
 REPO = Path(__file__).resolve().parents[2]
@@ -240,8 +241,8 @@ def plugin_settings(c: Mapping[str, Any], node: str = "node-a") -> settings_mod.
     os.environ.update(env)
     try:
         parser = argparse.ArgumentParser()
-        settings_mod.add_arguments(parser)
-        return settings_mod.from_args(parser.parse_args([]))
+        settings_mod.add_arguments(parser, settings_mod.RUN)
+        return resolve_fake_nvml(settings_mod.from_args(parser.parse_args([])))
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -254,10 +255,8 @@ def test_env_is_flags_and_sockets_and_state_live_in_host_mounts() -> None:
     c = container(docs)
     names = [e["name"] for e in c["env"]]
     assert len(names) == len(set(names)), names
-    settings_mod.add_arguments(argparse.ArgumentParser())
-    assert set(names) - NON_FLAG_ENV <= settings_mod._ENV_NAMES, (
-        set(names) - NON_FLAG_ENV - settings_mod._ENV_NAMES
-    )
+    flag_env = {f.env for f in settings_mod.FLAGS}
+    assert set(names) - NON_FLAG_ENV <= flag_env, set(names) - NON_FLAG_ENV - flag_env
     assert c["command"] == ["dra-driver", "run"]
     s = plugin_settings(c)
     assert (s.node_name, s.driver_name, s.log_level) == ("node-a", "gpu.nvidia.com", "DEBUG")
