@@ -329,10 +329,13 @@ def test_node_selection_and_extra_values() -> None:
         "kubeletPlugin.extraArgs[0]=--health-resend-interval=5",
         "image.tag=t1",
         "image.pullPolicy=Never",
+        "kubeletPlugin.hostNetwork=true",
     )
     pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
     c = container(docs)
     assert pod["nodeSelector"] == {"gpu": "yes"} and "affinity" not in pod
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    assert "hostNetwork" not in one(render(), "DaemonSet")["spec"]["template"]["spec"]
     assert {"name": "FAKE_NVML", "value": "small"} in c["env"]
     assert c["args"] == ["--health-resend-interval=5"]
     assert (c["image"], c["imagePullPolicy"]) == ("dra-driver-gpu:t1", "Never")
