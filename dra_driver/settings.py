@@ -32,15 +32,16 @@ from .kubelet.options import (
     PluginConfig,
     PluginOptions,
 )
+from .nvml.deadline import DEFAULT_DEADLINE
 from .prepare.options import DEFAULT_CDI_ROOT, PreparerConfig
 from .slices.options import PublisherConfig
 
 DEFAULT_DRIVER = "gpu.nvidia.com"
+LOCAL_NODE_NAME = "localhost"  # the node name of a local try (--allow-default-node-name)
+_PLUGIN_DEFAULTS = PluginOptions()
 # Our state lives in a directory of its own inside the plugin directory: NVIDIA's driver
 # keeps its checkpoint.json, cp.lock and pu.lock directly in <plugins dir>/<driver>.
 STATE_SUBDIR = "dra-driver-gpu"
-LOCAL_NODE_NAME = "localhost"  # the node name of a local try (--allow-default-node-name)
-_PLUGIN_DEFAULTS = PluginOptions()
 
 
 class SettingsError(ValueError):
@@ -65,21 +66,22 @@ class Settings:
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
     driver_root: Path = Path("/")  # where this process reads the NVIDIA driver's files
-    # The same directory as the host names it, for CDI specs (None: driver_root).
-    host_driver_root: Path | None = None
-    # The NVIDIA kernel driver's /proc directory (None: <proc_root>/driver/nvidia).
-    nvidia_proc_dir: Path | None = None
     health: bool = True
     health_poll_interval: float = DEFAULT_POLL_INTERVAL
     health_hold: float = DEFAULT_HOLD_SECONDS
     health_ignored_xids: tuple[int, ...] = DEFAULT_IGNORED_XIDS
     health_temperature_threshold: int = DEFAULT_TEMPERATURE_THRESHOLD_C  # 0: off
+    health_nvml_deadline: float = DEFAULT_DEADLINE  # a GPU's NVML job overrunning this: Unknown
     health_resend_interval: float = _PLUGIN_DEFAULTS.health_resend_interval
     registration_backoff: float = _PLUGIN_DEFAULTS.registration_backoff
     shutdown_grace: float = _PLUGIN_DEFAULTS.shutdown_grace
     log_level: str = "INFO"
     partitionable_devices: bool = False
     metrics_address: str = ""  # HOST:PORT serving Prometheus /metrics; empty: no endpoint
+    # The driver root as the host names it, for CDI specs (default: driver_root).
+    host_driver_root: Path | None = None
+    # The NVIDIA kernel driver's /proc directory (default: <proc_root>/driver/nvidia).
+    nvidia_proc_dir: Path | None = None
 
     @property
     def plugin_dir(self) -> Path:
@@ -97,16 +99,6 @@ class Settings:
     def state_path(self) -> Path:
         return self.state_dir if self.state_dir is not None else self.plugin_dir / STATE_SUBDIR
 
-    @property
-    def host_driver_root_path(self) -> Path:
-        return self.host_driver_root if self.host_driver_root is not None else self.driver_root
-
-    @property
-    def nvidia_proc_path(self) -> Path:
-        if self.nvidia_proc_dir is not None:
-            return self.nvidia_proc_dir
-        return self.proc_root / "driver/nvidia"
-
     def resolved_nvml_library(self) -> str | None:
         """--nvml-library, else libnvidia-ml.so.1 under a driver root mounted elsewhere.
 
@@ -117,6 +109,16 @@ class Settings:
         from .hostpaths import nvml_library_under
 
         return nvml_library_under(self.driver_root)
+
+    @property
+    def host_driver_root_path(self) -> Path:
+        return self.host_driver_root if self.host_driver_root is not None else self.driver_root
+
+    @property
+    def nvidia_proc_path(self) -> Path:
+        if self.nvidia_proc_dir is not None:
+            return self.nvidia_proc_dir
+        return self.proc_root / "driver/nvidia"
 
     def plugin_config(self) -> PluginConfig:
         return PluginConfig(
@@ -138,6 +140,7 @@ class Settings:
     def monitor_config(self) -> MonitorConfig:
         return MonitorConfig(
             poll_interval=self.health_poll_interval,
+            deadline=self.health_nvml_deadline,
             policy=PolicyConfig(
                 hold_seconds=self.health_hold,
                 ignored_xids=frozenset(self.health_ignored_xids),
@@ -260,7 +263,14 @@ def _text(text: str) -> str:
 
 
 def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
     return Path(text)
+
+
+def _optional_path(text: str) -> Path | None:
+    """A path whose empty value means unset (the flag's documented default)."""
+    return Path(text) if text.strip() else None
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -328,9 +338,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--registry-dir", "KUBELET_REGISTRAR_DIRECTORY_PATH", _path, _D.registry_dir,
          "the kubelet's plugin registration directory",
          frozenset({RUN, PROBE}), _KUBELET, "DIR"),
-    Flag("--state-dir", "STATE_DIR", _path, None,
-         f"where the claim checkpoint lives (unset: <plugins-dir>/<driver-name>/{STATE_SUBDIR}; "
-         "not the plugin directory itself, where NVIDIA's driver keeps its own checkpoint)",
+    Flag("--state-dir", "STATE_DIR", _optional_path, None,
+         "where the claim checkpoint lives (unset: <plugins-dir>/<driver-name>/dra-driver-gpu)",
          frozenset({RUN, PROBE}), _KUBELET, "DIR"),
     Flag("--cdi-root", "CDI_ROOT", _path, _D.cdi_root,
          "where claim CDI specs are written for the container runtime",
@@ -341,17 +350,17 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--proc-root", "PROC_ROOT", _path, _D.proc_root,
          "the host's /proc (the boot id and the driver's parameters are read there)",
          frozenset({RUN}), _KUBELET, "DIR"),
-    Flag("--driver-root", "DRIVER_ROOT_CTR_PATH", _path, None,
-         "where this process reads the NVIDIA driver's files: in a pod, where the host's "
-         "driver root is mounted, e.g. /driver-root (unset: --host-driver-root, else /)",
-         _NVML, _KUBELET, "DIR"),
-    Flag("--host-driver-root", "NVIDIA_DRIVER_ROOT", _path, None,
-         "the same directory as the host names it, written into CDI specs: / or e.g. "
-         "/run/nvidia/driver (unset: --driver-root)",
+    Flag("--driver-root", "DRIVER_ROOT_CTR_PATH", _optional_path, None,
+         "where this process reads the NVIDIA driver's files (in a pod: where the host's "
+         "driver root is mounted, e.g. /driver-root); unset: --host-driver-root",
          frozenset({RUN}), _KUBELET, "DIR"),
-    Flag("--nvidia-proc-dir", "NVIDIA_PROC_DIR", _path, None,
-         "the NVIDIA kernel driver's /proc/driver/nvidia, for MIG capabilities "
-         "(unset: <proc-root>/driver/nvidia)",
+    Flag("--host-driver-root", "NVIDIA_DRIVER_ROOT", _optional_path, None,
+         "the same directory as the host names it, written into CDI specs: / or e.g. "
+         "/run/nvidia/driver; unset: --driver-root, else /",
+         frozenset({RUN}), _KUBELET, "DIR"),
+    Flag("--nvidia-proc-dir", "NVIDIA_PROC_DIR", _optional_path, None,
+         "the NVIDIA kernel driver's /proc/driver/nvidia (MIG capabilities); "
+         "unset: <--proc-root>/driver/nvidia",
          frozenset({RUN}), _KUBELET, "DIR"),
     Flag("--health-resend-interval", "HEALTH_RESEND_INTERVAL", positive_seconds,
          _D.health_resend_interval,
@@ -400,6 +409,11 @@ FLAGS: tuple[Flag, ...] = (
          _D.health_temperature_threshold,
          "a GPU at or above this temperature is Degraded; 0 turns the check off",
          frozenset({RUN}), _HEALTH, "CELSIUS"),
+    Flag("--health-nvml-deadline", "HEALTH_NVML_DEADLINE", positive_seconds,
+         _D.health_nvml_deadline,
+         "an NVML call on one GPU (health sample, compute mode) that takes longer makes that "
+         "GPU Unknown (tainted) and fails the claim step; checks of other GPUs go on",
+         frozenset({RUN}), _HEALTH, "SECONDS"),
     Flag("--partitionable-devices", "PARTITIONABLE_DEVICES", parse_bool,
          _D.partitionable_devices,
          "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36)",
@@ -519,13 +533,13 @@ def from_args(ns: argparse.Namespace) -> Settings:
     for key in ("plugins_dir", "registry_dir", "cdi_root", "state_dir"):
         if values.get(key) is not None:
             values[key] = Path(values[key]).absolute()
-    for key in ("dev_root", "proc_root", "sys_root", "host_driver_root", "nvidia_proc_dir"):
+    for key in ("dev_root", "proc_root", "sys_root", "driver_root", "host_driver_root",
+                "nvidia_proc_dir"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
-    if "driver_root" in values:
-        # Each driver root defaults to the other: outside a container they are the same.
-        read = values["driver_root"] or values.get("host_driver_root") or Path("/")
-        values["driver_root"] = Path(read)
+    if "driver_root" in values and values["driver_root"] is None:
+        # One directory named once: the host's driver root, read where it is.
+        values["driver_root"] = values.get("host_driver_root") or Path("/")
     if "health_ignored_xids" in values:
         values["health_ignored_xids"] = tuple(values["health_ignored_xids"])
     return Settings(**values)

@@ -18,28 +18,31 @@ import time
 from typing import Any
 
 from .. import settings as settings_mod
-from .common import load_settings
 
-DESCRIPTION = """\
-Check the dra-driver plugin running on this node the way the kubelet reaches it:
-GetInfo on its registration socket, an empty NodePrepareResources on its DRA
-socket, and the age of NVML's last answer from its heartbeat file. Exit 0 when
-all hold, else 1 with one line saying what failed. The Helm chart's startup,
-readiness and liveness probes; give it the plugin's settings (the chart's
-environment variables do).
-"""
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "probe",
         help="check the running plugin: its kubelet sockets answer and NVML answered recently",
-        description=DESCRIPTION,
+        description="Check the plugin running on this node the way the kubelet reaches it: "
+        "its registration and DRA sockets answer, and NVML answered within --max-nvml-age. "
+        "Exit 0 when all hold, else 1 with one line saying what failed (for the pod's "
+        "liveness and readiness probes).",
     )
     settings_mod.add_arguments(p, settings_mod.PROBE)
     p.add_argument(
         "--max-nvml-age",
-        type=settings_mod.positive_seconds,
+        type=_positive,
         default=60.0,
         metavar="SECONDS",
         help="fail when NVML last answered longer ago than this (must exceed "
@@ -52,7 +55,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=settings_mod.positive_seconds,
+        type=_positive,
         default=5.0,
         metavar="SECONDS",
         help="deadline of each socket call",
@@ -110,7 +113,7 @@ def check(
 
 
 def run(args: argparse.Namespace) -> int:
-    s = load_settings(args)
+    s = settings_mod.from_args(args)
     problems = check(s, args.max_nvml_age, args.require_registration, args.timeout)
     if problems:
         print("probe failed: " + "; ".join(problems), flush=True)

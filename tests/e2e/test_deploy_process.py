@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from dra_driver import settings as settings_mod
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.checkpoint import decode
 from dra_driver.prepare.types import ClaimRef
-from dra_driver.settings import STATE_SUBDIR
 from dra_driver.testing.apiserver import ApiServerDouble
 from dra_driver.testing.kubelet import DraClient, register
 from dra_driver.testing.simhost import claim_object, populate_host
@@ -70,9 +70,10 @@ async def test_modes_state_dir_and_host_paths_under_umask_000(
                     f"--proc-root={host.proc_root}",
                     f"--driver-root={host.driver_root}",
                     f"--host-driver-root={HOST_DRIVER_ROOT}",
-                    f"--state-dir={plugin_dir / STATE_SUBDIR}",  # the default location
+                    "--state-dir=",  # the default location
                 ],
                 root=root,
+                timeout=60,  # a loaded CI machine: the start is not what this test measures
             )
         finally:
             os.umask(old)
@@ -126,8 +127,8 @@ async def test_modes_state_dir_and_host_paths_under_umask_000(
 
 def probe(plugin: PluginProcess, *flags: str) -> subprocess.CompletedProcess[str]:
     """`dra-driver probe` with the plugin's own settings, as the pod's exec probe runs it."""
-    own = ("--driver-name=", "--plugins-dir=", "--registry-dir=", "--state-dir=")
-    settings = [a for a in plugin.args[4:] if a.startswith(own)]
+    accepted = {f.flag for f in settings_mod.flags_for(settings_mod.PROBE)}
+    settings = [a for a in plugin.args[4:] if a.split("=", 1)[0] in accepted]
     return subprocess.run(
         [sys.executable, "-m", "dra_driver", "probe", *settings, *flags],
         env=plugin.env,
@@ -140,7 +141,7 @@ def probe(plugin: PluginProcess, *flags: str) -> subprocess.CompletedProcess[str
 async def test_probe_passes_on_a_healthy_plugin_and_says_what_fails(
     plugin_factory: PluginFactory,
 ) -> None:
-    plugin = plugin_factory(["--health-poll-interval=0.2"])
+    plugin = plugin_factory(["--health-poll-interval=0.2"], timeout=60)
     ok = probe(plugin, "--max-nvml-age=30")
     assert (ok.returncode, ok.stdout.strip()) == (0, "ok"), ok.stdout + ok.stderr
 

@@ -34,14 +34,19 @@ from dra_driver.nvml.types import (
 )
 from dra_driver.prepare.options import PreparerConfig
 from dra_driver.prepare.preparer import ClaimPreparer
-from dra_driver.prepare.sources import MemoryClaimSource
 from dra_driver.prepare.types import ClaimRef, ErrorKind, PrepareResult, UnprepareResult
 from dra_driver.settings import Settings
-from dra_driver.testing.simhost import claim_object, claim_uid, make_inventory, populate_host
+from dra_driver.testing import (
+    MemoryClaimSource,
+    claim_object,
+    claim_uid,
+    make_inventory,
+    populate_host,
+)
 
 DRIVER = "gpu.nvidia.com"
 NODE = "node-1"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -17,11 +17,9 @@ from typing import Any
 import pytest
 import urllib3
 from apiserver_fixtures import (
-    api,
     core_v1,
     device,
     expect_error,
-    kube,
     resource_v1,
     slice_body,
     status_of,
@@ -29,11 +27,9 @@ from apiserver_fixtures import (
 from kubernetes import client, watch
 
 from dra_driver.k8s import load_api_client
-from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing import ApiServerDouble
 
-__all__ = ["api", "kube"]  # fixtures imported for pytest
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def control(api: ApiServerDouble, method: str, path: str, body: Any = None) -> tuple[int, Any]:

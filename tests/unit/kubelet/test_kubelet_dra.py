@@ -16,7 +16,7 @@ from dra_driver.kubelet.proto import dra_v1_pb2
 from dra_driver.kubelet.server import SocketServer
 from dra_driver.kubelet.stubs import add_dra_v1, add_dra_v1beta1
 from dra_driver.prepare.types import ClaimRef, PreparedDevice, PrepareResult, UnprepareResult
-from dra_driver.testing.kubelet import DraClient
+from dra_driver.testing import DraClient
 
 
 class FakePreparer:

@@ -21,7 +21,7 @@ import pytest
 from dra_driver.testing import fakenvml
 
 NO_ID = 0xFFFFFFFF
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class Node:

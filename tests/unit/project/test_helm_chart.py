@@ -28,10 +28,10 @@ import yaml
 
 from dra_driver import settings as settings_mod
 from dra_driver.cli import build_parser
-from dra_driver.commands.common import resolve_fake_nvml
+from dra_driver.commands.common import load_settings
 from dra_driver.prepare.config import decode_parameters
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "deploy" / "helm" / "dra-driver-gpu"
 EXAMPLES = REPO / "deploy" / "examples"
 NAMESPACE = "dra-system"
@@ -242,7 +242,7 @@ def plugin_settings(c: Mapping[str, Any], node: str = "node-a") -> settings_mod.
     try:
         parser = argparse.ArgumentParser()
         settings_mod.add_arguments(parser, settings_mod.RUN)
-        return resolve_fake_nvml(settings_mod.from_args(parser.parse_args([])))
+        return load_settings(parser.parse_args([]))
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -255,8 +255,9 @@ def test_env_is_flags_and_sockets_and_state_live_in_host_mounts() -> None:
     c = container(docs)
     names = [e["name"] for e in c["env"]]
     assert len(names) == len(set(names)), names
-    flag_env = {f.env for f in settings_mod.FLAGS}
-    assert set(names) - NON_FLAG_ENV <= flag_env, set(names) - NON_FLAG_ENV - flag_env
+    assert set(names) - NON_FLAG_ENV <= {f.env for f in settings_mod.FLAGS}, (
+        set(names) - NON_FLAG_ENV - {f.env for f in settings_mod.FLAGS}
+    )
     assert c["command"] == ["dra-driver", "run"]
     s = plugin_settings(c)
     assert (s.node_name, s.driver_name, s.log_level) == ("node-a", "gpu.nvidia.com", "DEBUG")

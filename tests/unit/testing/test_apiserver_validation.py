@@ -7,20 +7,16 @@ from typing import Any
 import pytest
 from apiserver_fixtures import (
     DRIVER,
-    api,
     claim_body,
     custom_objects,
     device,
     expect_invalid,
-    kube,
     resource_v1,
     slice_body,
 )
 from kubernetes import client
 
 from dra_driver.testing.apiserver import validation as v
-
-__all__ = ["api", "kube"]  # fixtures imported for pytest
 
 GROUP, VERSION = "resource.k8s.io", "v1"
 

@@ -10,9 +10,9 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing import ApiServerDouble
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CLASSES = REPO / "deploy" / "deviceclasses.yaml"
 NVIDIA_CEL = {
     "gpu.nvidia.com": "device.driver == 'gpu.nvidia.com' && "

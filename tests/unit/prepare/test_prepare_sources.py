@@ -14,8 +14,7 @@ from dra_driver.prepare.sources import (
     ClaimSourceError,
     NoApiClaimSource,
 )
-from dra_driver.testing.apiserver import ApiServerDouble
-from dra_driver.testing.simhost import claim_object
+from dra_driver.testing import ApiServerDouble, claim_object
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from dra_driver.nvml.types import (
     NvmlEvent,
     Reading,
 )
-from dra_driver.testing.records import gpu_record, mig_record, snapshot
+from dra_driver.testing import gpu_record, mig_record, snapshot
 
 U0 = "GPU-00000000-1111-2222-3333-444444444444"
 U1 = "GPU-00000001-1111-2222-3333-444444444444"

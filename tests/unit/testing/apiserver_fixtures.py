@@ -1,33 +1,16 @@
-"""Shared fixtures and object builders for the API server double tests (no tests here)."""
+"""Object builders and checks for the API server double tests (fixtures: conftest.py)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from dra_driver.k8s import load_api_client
-from dra_driver.testing.apiserver import ApiServerDouble
-
 DRIVER = "gpu.nvidia.com"
 NODE = "node-a"
-
-
-@pytest.fixture
-def api() -> Iterator[ApiServerDouble]:
-    with ApiServerDouble() as server:
-        yield server
-
-
-@pytest.fixture
-def kube(api: ApiServerDouble, tmp_path: Path) -> Iterator[client.ApiClient]:
-    api_client = load_api_client(str(api.kubeconfig_path(tmp_path)))
-    yield api_client
-    api_client.close()
 
 
 def as_any(api: object) -> Any:

@@ -11,8 +11,7 @@ import pytest
 
 from dra_driver.prepare.cdi import HostLayout
 from dra_driver.sysfs import pcie_root_resolver
-from dra_driver.testing import simhost
-from dra_driver.testing.fakenvml import load_topology
+from dra_driver.testing import load_topology, simhost
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
 

@@ -27,8 +27,9 @@ from dra_driver.prepare.checkpoint import ClaimRecord, ClaimState, DeviceRecord
 from dra_driver.prepare.locks import InstanceRegistry
 from dra_driver.prepare.options import PreparerConfig
 from dra_driver.prepare.preparer import ClaimPreparer
-from dra_driver.prepare.sources import ClaimSourceError, MemoryClaimSource
+from dra_driver.prepare.sources import ClaimSourceError
 from dra_driver.prepare.types import ClaimRef
+from dra_driver.testing import MemoryClaimSource
 from dra_driver.testing.simhost import (
     SimHost,
     claim_object,

@@ -57,11 +57,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
-def library() -> str:
-    try:
-        return fakenvml.library_path()
-    except fakenvml.FakeNvmlError as e:
-        pytest.skip(str(e))
+def library(fake_nvml: str) -> str:
+    return fake_nvml
 
 
 Opener = Callable[..., fakenvml.FakeNode]
@@ -541,7 +538,7 @@ def test_auto_falls_back_to_nvidia_ml_py_without_the_extension(node: Opener, lib
         "print(b.name, '|', b.info.fallback_reason, '|', len(b.inventory().gpus))\n"
         "b.close()\n"
     )
-    env = {**os.environ, **fake.env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, **fake.env(), "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
     )

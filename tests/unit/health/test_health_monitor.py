@@ -41,8 +41,7 @@ from dra_driver.nvml.types import (
     NvmlSnapshot,
     Reading,
 )
-from dra_driver.testing import fakenvml
-from dra_driver.testing.records import gpu_record, mig_record, snapshot
+from dra_driver.testing import fakenvml, gpu_record, mig_record, snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,11 +74,7 @@ def bad(board: HealthBoard) -> set[str]:
 
 
 @pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> fakenvml.FakeNode:
-    try:
-        fakenvml.library_path()
-    except fakenvml.FakeNvmlError as e:
-        pytest.skip(str(e))
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_nvml: str) -> fakenvml.FakeNode:
     node = fakenvml.FakeNode("small", fault_log=tmp_path / "small.faults.jsonl")
     node.reset_faults()
     for key, value in node.env().items():
@@ -234,6 +229,12 @@ class ScriptedBackend:
             raise self.samples
         return list(self.samples)
 
+    def health_sample_gpu(self, index: int) -> HealthSample:
+        self.sample_calls += 1
+        if isinstance(self.samples, Exception):
+            raise self.samples
+        return next(s for s in self.samples if s.gpu_index == index)
+
     def register_events(self, mask: int = HEALTH_EVENT_MASK) -> list[EventRegistration]:
         if isinstance(self.registration, Exception):
             raise self.registration
@@ -252,8 +253,8 @@ class ScriptedBackend:
     def set_compute_mode(self, gpu_uuid: str, mode: int) -> None:
         raise NvmlError(ERROR_NOT_SUPPORTED, "not scripted")
 
-    def close(self) -> None:
-        pass
+    def close(self, timeout: float | None = None) -> bool:
+        return True
 
 
 @pytest.fixture

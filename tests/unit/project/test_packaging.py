@@ -13,7 +13,7 @@ from typing import Any
 
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PROTO = ROOT / "dra_driver" / "kubelet" / "proto"
 
 

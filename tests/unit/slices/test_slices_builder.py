@@ -397,7 +397,7 @@ def test_builder_is_deterministic() -> None:
 # -- health -> taints -----------------------------------------------------------------------
 
 
-def test_only_unhealthy_devices_are_tainted() -> None:
+def test_unhealthy_and_unknown_devices_are_tainted() -> None:
     health = [
         DeviceHealth("gpu-0", Health.UNHEALTHY, reason="xid-79"),
         DeviceHealth("gpu-1", Health.DEGRADED, reason="thermal"),
@@ -409,6 +409,9 @@ def test_only_unhealthy_devices_are_tainted() -> None:
     # NVIDIA's keys for XIDs and lost GPUs, so their tolerations keep matching.
     assert health_taints(health, "gpu.nvidia.com") == {
         "gpu-0": [{"key": "gpu.nvidia.com/xid", "value": "79", "effect": "NoSchedule"}],
+        "gpu-2": [
+            {"key": "gpu.nvidia.com/unknown", "value": "not-checked", "effect": "NoSchedule"}
+        ],
         "gpu-3": [{"key": "gpu.nvidia.com/unhealthy", "value": "unknown", "effect": "NoSchedule"}],
         "gpu-4": [{"key": "gpu.nvidia.com/gpu-lost", "effect": "NoSchedule"}],
         "gpu-5": [

@@ -17,7 +17,7 @@ from dra_driver.kubelet.health import HealthServicer
 from dra_driver.kubelet.proto import drahealth_v1alpha1_pb2 as pb
 from dra_driver.kubelet.server import SocketServer
 from dra_driver.kubelet.stubs import add_health_v1alpha1, health_v1alpha1_stub
-from dra_driver.testing.kubelet import DraClient
+from dra_driver.testing import DraClient
 
 DEVICES = ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
 

@@ -22,10 +22,9 @@ from dra_driver.nvml import open_backend
 from dra_driver.nvml.types import NvmlSnapshot
 from dra_driver.slices import validation
 from dra_driver.slices.builder import build_slices
-from dra_driver.testing.fakenvml import library_path
-from dra_driver.testing.records import gpu_record, mig_profile, mig_record, snapshot
+from dra_driver.testing import gpu_record, library_path, mig_profile, mig_record, snapshot
 
-GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[3] / "tests" / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 DRIVER = "gpu.nvidia.com"
 NODE = "node-a"

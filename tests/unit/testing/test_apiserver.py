@@ -10,22 +10,18 @@ from apiserver_fixtures import (
     DRIVER,
     NODE,
     allocation,
-    api,
     as_any,
     claim_body,
     core_v1,
     custom_objects,
     device,
     expect_error,
-    kube,
     resource_v1,
     slice_body,
 )
 from kubernetes import client, watch
 
-from dra_driver.testing.apiserver import ApiServerDouble
-
-__all__ = ["api", "kube"]  # fixtures imported for pytest
+from dra_driver.testing import ApiServerDouble
 
 GROUP, VERSION = "resource.k8s.io", "v1"
 
