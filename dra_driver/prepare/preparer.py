@@ -40,6 +40,7 @@ from typing import Any
 
 from ..health.board import Health, HealthBoard
 from ..inventory import Device, DeviceType, Inventory
+from ..logsafe import clip
 from ..nvml.errors import NvmlError
 from ..nvml.types import NvmlBackend
 from ..settings import Settings
@@ -74,6 +75,7 @@ from .config import (
 )
 from .files import fsync_dir
 from .locks import InstanceRegistry, KeyedLocks
+from .shape import MalformedClaim, NotAllocated, allocation_devices, driver_results
 from .sources import (
     ApiClaimSource,
     ClaimNotFound,
@@ -142,7 +144,8 @@ class _Action:
 
 
 def _ref_text(ref: ClaimRef) -> str:
-    return f"{ref.namespace}/{ref.name}:{ref.uid}"
+    """A claim for the log: its names come from users, so escaped and capped."""
+    return clip(f"{ref.namespace}/{ref.name}:{ref.uid}", 1024)
 
 
 def _distinct(claims: Sequence[ClaimRef]) -> list[ClaimRef]:
@@ -250,7 +253,7 @@ class ClaimPreparer:
             rolled = []
             for uid, rec in list(claims.items()):
                 if rec.state is ClaimState.STARTED and not self._instances.is_alive(rec.instance):
-                    if CLAIM_UID_RE.match(uid):
+                    if CLAIM_UID_RE.fullmatch(uid):
                         self._cdi.remove(uid)
                     del claims[uid]
                     rolled.append(uid)
@@ -306,7 +309,7 @@ class ClaimPreparer:
                     self._pool, self._prepare_sync, ref
                 )
             except ClaimError as e:
-                log.warning("prepare %s failed: %s", _ref_text(ref), e)
+                log.warning("prepare %s failed: %s", _ref_text(ref), clip(str(e)))
                 return PrepareResult(error=str(e), error_kind=e.kind)
             except Exception as e:
                 log.exception("prepare %s: internal error", _ref_text(ref))
@@ -416,54 +419,59 @@ class ClaimPreparer:
 
     def _plan(self, ref: ClaimRef, claim: dict[str, Any]) -> list[_Planned]:
         driver, pool = self._settings.driver_name, self._settings.node_name
-        allocation = (claim.get("status") or {}).get("allocation")
-        if not isinstance(allocation, dict):
+        try:
+            alloc_devices = allocation_devices(claim)
+            results = driver_results(alloc_devices, driver)
+        except NotAllocated as e:
             raise ClaimError(
                 f"ResourceClaim {ref.namespace}/{ref.name} is not allocated",
                 ErrorKind.NOT_ALLOCATED,
-            )
-        alloc_devices = allocation.get("devices") or {}
-        results = [
-            r
-            for r in alloc_devices.get("results") or []
-            if isinstance(r, dict) and r.get("driver") == driver
-        ]
+            ) from e
+        except MalformedClaim as e:
+            raise ClaimError(
+                f"ResourceClaim {ref.namespace}/{ref.name} has a malformed allocation: {e}",
+                ErrorKind.NOT_ALLOCATED,
+            ) from e
         if not results:
             return []
-        try:
-            configs = decode_configs(alloc_devices, driver)
-        except ConfigError as e:
-            raise ClaimError(f"invalid opaque configuration: {e}", ErrorKind.CONFIG) from e
+        # The cheap checks first: opaque configs are decoded only for a claim that is
+        # otherwise preparable, and only those naming one of its requests (or none).
         inventory = self._inventory()
-        plans = []
+        devices = []
         for r in results:
-            request, name, rpool = str(r.get("request", "")), r.get("device"), r.get("pool")
-            if rpool != pool:
+            if r.pool != pool:
                 raise ClaimError(
-                    f"request {request!r}: device {name} was allocated from pool {rpool!r}, "
-                    f"not this node's pool {pool!r}",
+                    f"request {r.request!r}: device {r.device} was allocated from pool "
+                    f"{r.pool!r}, not this node's pool {pool!r}",
                     ErrorKind.NOT_ALLOCATED,
                 )
-            device = inventory.device(str(name))
+            device = inventory.device(r.device)
             if device is None:
                 raise ClaimError(
-                    f"request {request!r}: device {name!r} is not a device of this node "
+                    f"request {r.request!r}: device {r.device!r} is not a device of this node "
                     f"(unknown to the current inventory of pool {pool!r})",
                     ErrorKind.DEVICE_UNAVAILABLE,
                 )
-            self._check_health(request, device, inventory)
+            self._check_health(r.request, device, inventory)
+            devices.append(device)
+        requests = {r.request for r in results} | {base_request(r.request) for r in results}
+        try:
+            configs = decode_configs(alloc_devices, driver, requests)
+        except ConfigError as e:
+            raise ClaimError(f"invalid opaque configuration: {e}", ErrorKind.CONFIG) from e
+        plans = []
+        for r, device in zip(results, devices, strict=True):
             try:
-                config = config_for(request, device.type is DeviceType.MIG, configs)
+                config = config_for(r.request, device.type is DeviceType.MIG, configs)
             except ConfigError as e:
                 raise ClaimError(f"invalid opaque configuration: {e}", ErrorKind.CONFIG) from e
-            share = r.get("shareID")
             plans.append(
                 _Planned(
-                    request=request,
+                    request=r.request,
                     device=device,
                     gpu_uuid=device.parent_uuid or device.uuid,
-                    admin=r.get("adminAccess") is True,
-                    share_id=str(share) if share else None,
+                    admin=r.admin_access,
+                    share_id=r.share_id,
                     config=config,
                 )
             )
@@ -646,7 +654,7 @@ class ClaimPreparer:
         return {r.uid: res for r, res in zip(refs, results, strict=True)}
 
     async def _unprepare_one(self, ref: ClaimRef) -> UnprepareResult:
-        if not CLAIM_UID_RE.match(ref.uid):
+        if not CLAIM_UID_RE.fullmatch(ref.uid):
             return UnprepareResult()  # never prepared here: we refuse such UIDs
         async with self._claim_lock(ref.uid):
             try:
