@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -290,7 +291,10 @@ class CheckpointStore:
         self.path = state_dir / file_name
         self.boot_id = boot_id
         self._rebuild = rebuild
-        self._files = Recycler(state_dir, file_name, mode=0o600, max_spares=2, owner=owner)
+        # Private files (0600): an old version in a spare reveals nothing new, so no scrub.
+        self._files = Recycler(
+            state_dir, file_name, mode=0o600, max_spares=2, owner=owner, scrub=False
+        )
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
         self._cache: tuple[tuple[int, int, int], Checkpoint] | None = None
@@ -306,7 +310,9 @@ class CheckpointStore:
             if self._lock_fd is None:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 self._lock_fd = os.open(
-                    self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+                    self.dir / LOCK_NAME,
+                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
                 )
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
@@ -323,9 +329,11 @@ class CheckpointStore:
     # --- reading ---
     def _stat_key(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             return None
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptCheckpoint(f"{self.path} is not a regular file (a symlink?)")
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _read(self) -> Checkpoint | None:
@@ -336,7 +344,9 @@ class CheckpointStore:
         cache = self._cache
         if cache is not None and cache[0] == key:
             return cache[1]
-        data = self.path.read_bytes()
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
         cp = decode(data)
         self._cache = (key, cp)
         return cp
