@@ -85,6 +85,7 @@ from .sources import (
     NoApiClaimSource,
 )
 from .types import (
+    CALL_DEADLINE,
     ClaimRef,
     ErrorKind,
     PreparedDevice,
@@ -180,6 +181,7 @@ class ClaimPreparer:
         nvml: NvmlBackend | None,
         *,
         workers: int = 16,
+        api_workers: int = 16,
     ) -> None:
         self._settings = settings
         self._inventory = inventory
@@ -202,7 +204,10 @@ class ClaimPreparer:
         )
         self._gpu_locks = KeyedLocks()
         self._claim_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Local work (checkpoint, CDI, NVML) and API reads on separate threads, so that
+        # a hung API server never holds the threads checkpoint hits and unprepares need.
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="claim-prepare")
+        self._api = ThreadPoolExecutor(max_workers=api_workers, thread_name_prefix="claim-api")
         # File work that overlaps a claim's own checkpoint write (see _prepare_sync).
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="claim-io")
         crash_at = os.environ.get(CRASH_ENV, "")
@@ -229,6 +234,7 @@ class ClaimPreparer:
 
     async def close(self) -> None:
         """Release this instance's lock and stop the worker threads."""
+        self._api.shutdown(wait=False, cancel_futures=True)  # a hung read must not block exit
         self._pool.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self._instances.release()
@@ -297,6 +303,38 @@ class ClaimPreparer:
         results = await asyncio.gather(*(self._prepare_one(r) for r in refs))
         return {r.uid: res for r, res in zip(refs, results, strict=True)}
 
+    async def prepared(self, claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
+        """Answers for claims already prepared, from the checkpoint alone (AnswersFromCheckpoint).
+
+        Claims another task is working on are left out (the caller queues them),
+        so nothing here waits on a lock, the API server or a busy thread pool.
+        """
+        refs = [
+            r
+            for r in _distinct(claims)
+            if CLAIM_UID_RE.fullmatch(r.uid) and r.uid not in self._claim_locks
+        ]
+        if not refs:
+            return {}
+        out: dict[str, PrepareResult] = {}
+        for ref, devices in zip(
+            refs, await asyncio.gather(*map(self._cached_one, refs)), strict=True
+        ):
+            if devices is not None:
+                out[ref.uid] = PrepareResult(devices=devices)
+        return out
+
+    async def _cached_one(self, ref: ClaimRef) -> tuple[PreparedDevice, ...] | None:
+        if ref.uid in self._claim_locks:
+            return None
+        async with self._claim_lock(ref.uid):
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._cached, ref
+                )
+            except Exception:
+                return None  # the ordinary path reports it
+
     async def _prepare_one(self, ref: ClaimRef) -> PrepareResult:
         try:
             check_claim_uid(ref.uid)
@@ -305,9 +343,7 @@ class ClaimPreparer:
         start = time.perf_counter()
         async with self._claim_lock(ref.uid):
             try:
-                devices = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._prepare_sync, ref
-                )
+                devices = await self._prepare_steps(ref)
             except ClaimError as e:
                 log.warning("prepare %s failed: %s", _ref_text(ref), clip(str(e)))
                 return PrepareResult(error=str(e), error_kind=e.kind)
@@ -324,12 +360,44 @@ class ClaimPreparer:
         )
         return PrepareResult(devices=devices)
 
-    def _prepare_sync(self, ref: ClaimRef) -> tuple[PreparedDevice, ...]:
+    async def _prepare_steps(self, ref: ClaimRef) -> tuple[PreparedDevice, ...]:
+        """Checkpoint, API read, then the local work, each on its own threads.
+
+        The API read has threads of its own and is bounded by the caller's
+        deadline (CALL_DEADLINE), so a hung API server neither holds the
+        threads checkpoint hits and unprepares need nor outlives the kubelet's
+        patience: the kubelet gets a per-claim error instead.
+        """
+        loop = asyncio.get_running_loop()
+        cached = await loop.run_in_executor(self._pool, self._cached, ref)
+        if cached is not None:
+            return cached
+        deadline = CALL_DEADLINE.get()
+        fetch = loop.run_in_executor(self._api, self._fetch, ref)
+        if deadline is None:
+            claim = await fetch
+        else:
+            budget = deadline - time.monotonic()
+            try:
+                claim = await asyncio.wait_for(fetch, max(0.0, budget))
+            except TimeoutError:
+                raise ClaimError(
+                    f"reading ResourceClaim {ref.namespace}/{ref.name} from the API server did "
+                    f"not finish within the caller's deadline ({max(0.0, budget):.1f}s left); "
+                    "the API server is slow or unreachable, retry",
+                    ErrorKind.API_SERVER,
+                ) from None
+        return await loop.run_in_executor(self._pool, self._prepare_sync, ref, claim)
+
+    def _cached(self, ref: ClaimRef) -> tuple[PreparedDevice, ...] | None:
+        """The answer for a claim already prepared (its spec rewritten if missing), or None."""
         rec = self._store.get(ref.uid)
         if rec is not None and rec.state is ClaimState.PREPARED and not rec.rebuilt:
             self._ensure_spec(rec)
             return _answer(rec)
-        claim = self._fetch(ref)
+        return None
+
+    def _prepare_sync(self, ref: ClaimRef, claim: dict[str, Any]) -> tuple[PreparedDevice, ...]:
         plans = self._plan(ref, claim)
         if not plans:
             return ()
