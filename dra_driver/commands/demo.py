@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -26,16 +25,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .. import settings as settings_mod
-
 if TYPE_CHECKING:  # heavy imports stay out of the CLI's start-up
     from ..inventory import Device, Inventory
     from ..kubelet.proto.drahealth_v1alpha1_pb2 import NodeWatchResourcesResponse
-    from ..prepare.simhost import SimHost
     from ..prepare.types import ClaimRef
     from ..testing.apiserver import ApiServerDouble
     from ..testing.fakenvml import FakeNode
     from ..testing.kubelet import DraClient, PluginRegistration
+    from ..testing.plugin import PluginProcess
+    from ..testing.simhost import SimHost
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +164,7 @@ class Demo:
         self.fault_log = workdir / "fakenvml" / "faults.jsonl"
         self.log_path = workdir / "plugin.log"
         self.api: ApiServerDouble | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.plugin: PluginProcess | None = None
         self.node: FakeNode | None = None
         self.inventory: Inventory | None = None
         self.host: SimHost | None = None
@@ -244,7 +242,7 @@ class Demo:
         self.say()
         self.say(f"FAILED at step {self.step or '0. start'}: {message}")
         # A crashed plugin closes its sockets a moment before it can be reaped.
-        code = _wait(self.proc, 0.5) if self.proc is not None else None
+        code = _wait(self.plugin.proc, 0.5) if self.plugin is not None else None
         if code is not None and "the plugin exited" not in message:
             self.say(f"the plugin process has exited with code {code}")
         tail = self.log_tail()
@@ -281,9 +279,9 @@ class Demo:
 
     def build_host(self) -> None:
         from ..commands.inventory import load_inventory
-        from ..prepare.simhost import populate_host
         from ..settings import Settings
         from ..testing.fakenvml import FakeNode, library_path
+        from ..testing.simhost import build
 
         self.heading(2, "Simulated host")
         self.node = FakeNode(self.topology, fault_log=self.fault_log)
@@ -299,66 +297,45 @@ class Demo:
         finally:
             quiet.setLevel(level)
         self.inventory = inv
-        self.host = populate_host(self.workdir / "host", inv, cdi_hook=True)
+        # What `python -m dra_driver.testing.simhost` builds.
+        self.host = build(self.workdir / "host", self.topology)
         for gpu in inv.gpus:
             what = (
                 f"MIG mode, {len(gpu.mig_devices)} MIG devices" if gpu.mig_enabled else "whole GPU"
             )
             self.say(f"   GPU {gpu.index}  {gpu.uuid}  {gpu.pci_bus_id}  {what}")
         self.say(
-            f"   driver {inv.driver_version}, CUDA {inv.cuda_driver_version}; /dev, /proc and "
-            f"the driver files under {self.rel(self.host.root)}/"
+            f"   driver {inv.driver_version}, CUDA {inv.cuda_driver_version}; /dev, /proc, sysfs "
+            f"and the driver files under {self.rel(self.host.root)}/"
         )
         for problem in inv.problems:
             self.say(f"   note: {problem}")
 
     def start_plugin(self) -> None:
-        import dra_driver
+        from ..testing.plugin import PluginProcess
 
         assert self.host is not None and self.kubeconfig is not None
         self.heading(3, "Plugin process")
-        args = [
-            sys.executable,
-            "-m",
-            "dra_driver",
-            "run",
-            f"--fake-nvml={self.topology}",
-            f"--driver-name={DRIVER}",
-            f"--node-name={NODE}",
-            f"--kubeconfig={self.kubeconfig}",
-            f"--plugins-dir={self.plugins_dir}",
-            f"--registry-dir={self.registry_dir}",
-            f"--cdi-root={self.cdi_root}",
-            f"--state-dir={self.state_dir}",
-            f"--dev-root={self.host.dev_root}",
-            f"--proc-root={self.host.proc_root}",
-            f"--driver-root={self.host.driver_root}",
-            f"--sys-root={self.host.root / 'sys'}",
-            f"--health-hold={DEMO_HOLD:g}",
-            f"--health-poll-interval={DEMO_POLL_INTERVAL:g}",
-        ]
-        # The demo passes its own flags: nothing the caller's shell exports may
-        # change what the simulated node looks like.
-        env = settings_mod.hermetic_environ()
-        env["FAKE_NVML_FAULTS"] = str(self.fault_log)
-        # The plugin runs in the work directory: make this very package importable there.
-        package_root = str(Path(dra_driver.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [package_root, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+        # The demo passes its own flags (PluginProcess drops whatever the
+        # caller's shell exports that a flag reads): the simulated host's, as
+        # the simhost command prints them, with --fake-nvml among them.
+        self.plugin = PluginProcess.start(
+            self.workdir,
+            [
+                *self.host.run_flags(self.topology),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--health-hold={DEMO_HOLD:g}",
+                f"--health-poll-interval={DEMO_POLL_INTERVAL:g}",
+            ],
+            {"FAKE_NVML_FAULTS": str(self.fault_log)},
+            node_name=NODE,
+            driver_name=DRIVER,
+            topology=None,
+            log_path=self.log_path,
+            new_session=True,
         )
-        with open(self.log_path, "ab") as logfile:
-            self.proc = subprocess.Popen(
-                args,
-                cwd=self.workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=logfile,
-                stderr=subprocess.STDOUT,
-                # Its own session: a Ctrl-C reaches the demo, which stops it in order.
-                start_new_session=True,
-            )
         self.say(f"   dra-driver run --fake-nvml {self.topology} --node-name {NODE} ...")
-        self.say(f"   pid {self.proc.pid}, log {self.rel(self.log_path)}")
+        self.say(f"   pid {self.plugin.pid}, log {self.rel(self.log_path)}")
 
     async def registration(self) -> PluginRegistration:
         from ..testing.kubelet import register, wait_for_socket
@@ -427,8 +404,8 @@ class Demo:
 
     async def prepare(self, dra: DraClient) -> tuple[ClaimRef, Device]:
         from ..inventory import DeviceType
-        from ..prepare.simhost import claim_object
         from ..prepare.types import ClaimRef
+        from ..testing.simhost import claim_object
 
         assert self.inventory is not None and self.api is not None
         self.heading(6, "Prepare an allocated ResourceClaim (NodePrepareResources v1)")
@@ -493,6 +470,8 @@ class Demo:
         raise StepFailed(f"no CDI spec in {self.cdi_root} defines {sorted(wanted)}")
 
     async def health(self, dra: DraClient, target: Device) -> None:
+        from ..health.policy import DEFAULT_HOLD_SECONDS
+
         assert self.node is not None and self.inventory is not None
         self.heading(7, "Device health stream (DRAResourceHealth NodeWatchResources)")
         stream = dra.watch_health()
@@ -542,7 +521,9 @@ class Demo:
             self.node.faults.recover(gpu.index)
             self.say(
                 f"   inject recover --gpu {gpu.index} (as after a GPU reset): the XID is held "
-                f"until {DEMO_HOLD:g}s pass without a repeat on a GPU that answers NVML"
+                f"until {DEMO_HOLD:g}s pass without a repeat on a GPU that answers NVML\n"
+                f"   (--health-hold {DEMO_HOLD:g}: a demo setting; the driver's default is "
+                f"{DEFAULT_HOLD_SECONDS:g}s)"
             )
             await self.until(
                 stream,
@@ -627,8 +608,8 @@ class Demo:
         import asyncio
 
         self.heading(10, "Stop the plugin (SIGTERM)")
-        proc = self.proc
-        assert proc is not None
+        assert self.plugin is not None
+        proc = self.plugin.proc
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         code = await asyncio.to_thread(_wait, proc, STOP_TIMEOUT)
@@ -656,7 +637,7 @@ class Demo:
                 done, _ = await asyncio.wait({task}, timeout=0.05)
                 if done:
                     return task.result()
-                if self.proc is not None and (code := self.proc.poll()) is not None:
+                if self.plugin is not None and (code := self.plugin.returncode) is not None:
                     raise StepFailed(f"the plugin exited with code {code} while {what}")
                 if loop.time() >= deadline:
                     raise StepFailed(f"timed out after {timeout:.0f}s {what}")
@@ -668,13 +649,8 @@ class Demo:
 
     def stop_plugin(self) -> None:
         """Stop the plugin if it still runs (a failed step, an interrupt): TERM, then KILL."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        if _wait(proc, STOP_TIMEOUT) is None:
-            proc.kill()
-            proc.wait()
+        if self.plugin is not None:
+            self.plugin.stop(signal.SIGTERM, STOP_TIMEOUT)
 
     def hints(self) -> None:
         d = "$DIR"
@@ -688,13 +664,16 @@ class Demo:
             "   curl -sX POST -H 'Content-Type: application/json' "
             f"""-d '{{"metadata":{{"name":"{NODE}"}}}}' http://127.0.0.1:{HINT_PORT}/api/v1/nodes"""
         )
+        self.say(f"   export FAKE_NVML_FAULTS={d}/faults.jsonl   # read by run, written by inject")
         self.say(
-            f"   dra-driver run --fake-nvml {self.topology} --node-name {NODE} "
+            f"   python -m dra_driver.testing.simhost {d}/host --topology {self.topology} "
+            f"> {d}/host.flags   # --fake-nvml, --dev-root, --proc-root, ..."
+        )
+        self.say(
+            f"   dra-driver run $(cat {d}/host.flags) --node-name {NODE} "
             f"--kubeconfig {d}/kubeconfig \\\n"
             f"       --plugins-dir {d}/plugins --registry-dir {d}/registry "
-            f"--cdi-root {d}/cdi --state-dir {d}/state \\\n"
-            f"       --dev-root {d}/host/dev-root --proc-root {d}/host/proc "
-            f"--driver-root {d}/host/driver-root   # host tree: dra_driver.prepare.simhost"
+            f"--cdi-root {d}/cdi --state-dir {d}/state"
         )
         self.say(
             f"   python -m dra_driver.testing.fakenvml inject --topology {self.topology} "

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,11 +40,11 @@ from dra_driver.nvml._common import profile_name  # noqa: E402
 from dra_driver.testing.fakenvml import (  # noqa: E402
     FakeNode,
     FaultInjector,
-    default_fault_log,
     library_path,
     load_topology,
 )
 from dra_driver.testing.kubelet import DraClient  # noqa: E402
+from dra_driver.testing.plugin import PluginProcess  # noqa: E402
 
 TARGET_P99_MS = 50.0
 HOLD_S = 0.1
@@ -60,43 +57,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def start_plugin(root: Path, backend: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "FAKE_NVML_FAULTS")}
-    env.update(
-        PYTHONPATH=str(REPO_ROOT),
-        FAKE_NVML_TOPOLOGY="small",
-        FAKE_NVML_STATE_DIR=str(root / "fakenvml"),
+def start_plugin(root: Path, backend: str) -> PluginProcess:
+    plugin = PluginProcess.start(
+        root,
+        [f"--health-hold={HOLD_S}", f"--health-poll-interval={POLL_S}", "--log-level=WARNING"],
+        node_name="bench-health",
+        topology="small",
+        nvml_backend=backend,
     )
-    args = [
-        sys.executable,
-        "-m",
-        "dra_driver",
-        "run",
-        "--node-name=bench-health",
-        f"--plugins-dir={root / 'plugins'}",
-        f"--registry-dir={root / 'registry'}",
-        f"--cdi-root={root / 'cdi'}",
-        f"--state-dir={root / 'state'}",
-        f"--nvml-library={library_path()}",
-        f"--nvml-backend={backend}",
-        f"--sys-root={root / 'sys'}",
-        f"--dev-root={root}",
-        f"--driver-root={root}",
-        f"--health-hold={HOLD_S}",
-        f"--health-poll-interval={POLL_S}",
-        "--log-level=WARNING",
-    ]
-    with open(root / "plugin.log", "wb") as log:
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    reg = root / "registry" / "gpu.nvidia.com-reg.sock"
-    t0 = time.monotonic()
-    while not reg.is_socket():
-        if proc.poll() is not None:
-            raise RuntimeError((root / "plugin.log").read_text())
-        if time.monotonic() - t0 > 30:
-            raise TimeoutError("plugin did not start within 30 s")
-        time.sleep(0.01)
-    return proc
+    plugin.wait_ready(timeout=30)
+    return plugin
 
 
 async def next_list(
@@ -117,10 +87,10 @@ async def until(
         pass
 
 
-async def latency_run(root: Path, events: int) -> list[float]:
+async def latency_run(plugin: PluginProcess, events: int) -> list[float]:
     topology = load_topology("small")
-    env = {"FAKE_NVML_STATE_DIR": str(root / "fakenvml")}
-    faults = FaultInjector(topology, default_fault_log(topology.name, env))
+    assert plugin.fault_log is not None
+    faults = FaultInjector(topology, plugin.fault_log)
     gpu0 = topology.gpu(0)
     mig = gpu0.mig_devices[0]
     profiles = topology.raw["models"][gpu0.model]["mig"]["profiles"]
@@ -128,7 +98,7 @@ async def latency_run(root: Path, events: int) -> list[float]:
     mig_name = mig_device_name(
         gpu0.minor, profile_name(profile["name"]), mig.profile_id, mig.placement_start
     )
-    async with DraClient(root / "plugins" / "gpu.nvidia.com" / "dra.sock") as dra:
+    async with DraClient(plugin.dra_socket) as dra:
         stream = dra.watch_health()
         first = await next_list(stream, 10)
         assert mig_name in first and "gpu-1" in first, sorted(first)
@@ -207,16 +177,11 @@ def main() -> int:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="dra-bench-", dir="/tmp"))
-    proc = start_plugin(root, args.backend)
+    plugin = start_plugin(root, args.backend)
     try:
-        latencies = asyncio.run(latency_run(root, args.events))
+        latencies = asyncio.run(latency_run(plugin, args.events))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        plugin.stop()
         shutil.rmtree(root, ignore_errors=True)
 
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.preparer import ClaimPreparer, MemoryClaimSource
-from dra_driver.prepare.simhost import claim_object, claim_uid, make_inventory, populate_host
 from dra_driver.prepare.types import ClaimRef
 from dra_driver.settings import Settings
+from dra_driver.testing.simhost import claim_object, claim_uid, make_inventory, populate_host
 
 NODE = "bench-node"
 TARGET_P99_MS = 5.0

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,19 +33,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import yaml  # noqa: E402
 
-from dra_driver.testing.fakenvml import library_path  # noqa: E402
 from dra_driver.testing.kubelet import register  # noqa: E402
+from dra_driver.testing.plugin import PluginProcess  # noqa: E402
 
 TARGET_START_S = 1.5
 TARGET_RSS_MIB = 80.0
-
-
-def vm_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 @contextmanager
@@ -85,63 +76,29 @@ def one_run(
 ) -> tuple[float, float, float, float | None]:
     """Seconds to registration socket, to registered, to first slice; RSS MiB after settling."""
     root = Path(tempfile.mkdtemp(prefix="dra-bench-", dir="/tmp"))
-    reg_sock = root / "registry" / "gpu.nvidia.com-reg.sock"
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
-    }
-    env.update(
-        PYTHONPATH=str(REPO_ROOT),
-        FAKE_NVML_TOPOLOGY=topology,
-        FAKE_NVML_STATE_DIR=str(root / "fakenvml"),
+    plugin = PluginProcess.start(
+        root,
+        [f"--kubeconfig={api[0]}"] if api else [],
+        node_name=node,
+        topology=topology,
+        nvml_backend=backend,
     )
-    args = [
-        sys.executable,
-        "-m",
-        "dra_driver",
-        "run",
-        f"--node-name={node}",
-        *([f"--kubeconfig={api[0]}"] if api else []),
-        f"--plugins-dir={root / 'plugins'}",
-        f"--registry-dir={root / 'registry'}",
-        f"--cdi-root={root / 'cdi'}",
-        f"--state-dir={root / 'state'}",
-        f"--nvml-library={library_path()}",
-        f"--nvml-backend={backend}",
-        f"--sys-root={root / 'sys'}",
-        f"--dev-root={root}",
-        f"--driver-root={root}",
-    ]
-    log = open(root / "plugin.log", "wb")  # noqa: SIM115 - closed in finally
-    t0 = time.monotonic()
-    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     try:
-        while not reg_sock.is_socket():
-            if proc.poll() is not None:
-                raise RuntimeError((root / "plugin.log").read_text())
-            if time.monotonic() - t0 > 30:
-                raise TimeoutError("plugin did not start within 30 s")
-            time.sleep(0.002)
-        socket_s = time.monotonic() - t0
-        asyncio.run(register(reg_sock))
-        registered_s = time.monotonic() - t0
+        socket_s = plugin.wait_ready(timeout=30, poll=0.002)
+        asyncio.run(register(plugin.registration_socket))
+        registered_s = time.monotonic() - plugin.started
         sliced_s = None
         if api is not None:
             while slice_count(api[1], node) == 0:
-                if time.monotonic() - t0 > 30:
+                if time.monotonic() - plugin.started > 30:
                     raise TimeoutError("no ResourceSlice within 30 s")
                 time.sleep(0.005)
-            sliced_s = time.monotonic() - t0
+            sliced_s = time.monotonic() - plugin.started
         time.sleep(settle)
-        rss_mib = vm_rss_kib(proc.pid) / 1024
+        rss_mib = plugin.rss_kib() / 1024
         return socket_s, registered_s, rss_mib, sliced_s
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        plugin.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -91,6 +91,8 @@ def test_demo_runs_a_whole_node_and_cleans_up() -> None:
     assert f"{MIG} tainted gpu.nvidia.com/xid=48:NoSchedule" in fault, fault
     assert re.search(rf"^\s+{MIG} HEALTHY again", fault, re.M), fault
     assert "ResourceSlice: taint removed" in fault, fault
+    # The short hold is the demo's; the real default is said next to it.
+    assert "(--health-hold 2: a demo setting; the driver's default is 600s)" in fault, fault
 
     unprepared = section(out, 9)
     assert f"claim {uid.group(1)} unprepared; CDI spec" in unprepared, unprepared
@@ -98,7 +100,8 @@ def test_demo_runs_a_whole_node_and_cleans_up() -> None:
     stopped = section(out, 10)
     assert "exited with code 0" in stopped and "sockets removed" in stopped, stopped
     assert "demo finished" in out
-    assert "dra-driver run --fake-nvml small" in out  # how to run the pieces by hand
+    assert "python -m dra_driver.testing.simhost $DIR/host --topology small" in out  # by hand
+    assert "dra-driver run $(cat $DIR/host.flags)" in out
     assert not workdir_of(out).exists()
 
 

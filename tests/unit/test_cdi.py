@@ -21,7 +21,7 @@ from dra_driver.prepare.cdi import (
     check_claim_uid,
     minimum_cdi_version,
 )
-from dra_driver.prepare.simhost import NVIDIA_CAPS_MAJOR, SimHost, make_inventory, populate_host
+from dra_driver.testing.simhost import NVIDIA_CAPS_MAJOR, SimHost, make_inventory, populate_host
 
 # --- an independent validator, from reference/kubelet-dra-protocol.md section 6 ---------
 

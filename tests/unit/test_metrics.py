@@ -32,9 +32,9 @@ from dra_driver.nvml.types import (
     EVENT_XID_CRITICAL,
 )
 from dra_driver.prepare.preparer import ClaimPreparer, MemoryClaimSource
-from dra_driver.prepare.simhost import claim_object, claim_uid, make_inventory, populate_host
 from dra_driver.prepare.types import ClaimRef, ErrorKind, PrepareResult, UnprepareResult
 from dra_driver.settings import Settings, parse_host_port
+from dra_driver.testing.simhost import claim_object, claim_uid, make_inventory, populate_host
 
 DRIVER = "gpu.nvidia.com"
 NODE = "node-1"

@@ -26,7 +26,9 @@ from dra_driver.nvml.types import (
 from dra_driver.prepare.checkpoint import ClaimRecord, ClaimState, DeviceRecord
 from dra_driver.prepare.locks import InstanceRegistry
 from dra_driver.prepare.preparer import ClaimPreparer, ClaimSourceError, MemoryClaimSource
-from dra_driver.prepare.simhost import (
+from dra_driver.prepare.types import ClaimRef
+from dra_driver.settings import Settings
+from dra_driver.testing.simhost import (
     SimHost,
     claim_object,
     claim_uid,
@@ -34,8 +36,6 @@ from dra_driver.prepare.simhost import (
     make_snapshot,
     populate_host,
 )
-from dra_driver.prepare.types import ClaimRef
-from dra_driver.settings import Settings
 
 NODE = "node-1"
 API = "resource.nvidia.com/v1beta1"

@@ -14,8 +14,8 @@ from dra_driver.prepare.preparer import (
     ClaimSourceError,
     NoApiClaimSource,
 )
-from dra_driver.prepare.simhost import claim_object
 from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing.simhost import claim_object
 
 
 @pytest.fixture
