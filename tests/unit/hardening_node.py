@@ -11,15 +11,15 @@ from typing import Any
 from dra_driver.health.board import HealthBoard
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.preparer import ClaimPreparer, ClaimSource, MemoryClaimSource
-from dra_driver.prepare.simhost import (
+from dra_driver.prepare.types import ClaimRef
+from dra_driver.settings import Settings
+from dra_driver.testing.simhost import (
     SimHost,
     claim_object,
     claim_uid,
     make_inventory,
     populate_host,
 )
-from dra_driver.prepare.types import ClaimRef
-from dra_driver.settings import Settings
 
 NODE = "node-1"
 API = "resource.nvidia.com/v1beta1"

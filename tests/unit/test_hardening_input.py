@@ -10,8 +10,8 @@ import pytest
 from hardening_node import Node, make_node
 
 from dra_driver.prepare.cdi import CLAIM_UID_RE, InvalidClaimUid, check_claim_uid
-from dra_driver.prepare.simhost import claim_object, claim_uid
 from dra_driver.prepare.types import ClaimRef, ErrorKind
+from dra_driver.testing.simhost import claim_object, claim_uid
 
 
 @pytest.fixture
