@@ -14,9 +14,11 @@ import math
 import time
 from collections.abc import AsyncIterator
 
+import grpc
+
 from ..health.board import DeviceHealth, Health, HealthBoard
 from .dra import truncate_utf8
-from .options import DEFAULT_HEALTH_TIMEOUT, DEFAULT_RESEND_INTERVAL
+from .options import DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_HEALTH_STREAMS, DEFAULT_RESEND_INTERVAL
 from .proto import drahealth_v1alpha1_pb2 as pb
 from .proto import drahealth_v1alpha1_pb2_grpc as pb_grpc
 
@@ -55,6 +57,7 @@ class HealthServicer(pb_grpc.DRAResourceHealthServicer):
         pool_name: str,
         resend_interval: float = DEFAULT_RESEND_INTERVAL,
         timeout_seconds: int = DEFAULT_HEALTH_TIMEOUT,
+        max_streams: int = DEFAULT_MAX_HEALTH_STREAMS,
     ) -> None:
         if resend_interval <= 0:
             raise ValueError("resend_interval must be positive")
@@ -65,6 +68,7 @@ class HealthServicer(pb_grpc.DRAResourceHealthServicer):
         self._timeout = max(timeout_seconds, math.ceil(3 * resend_interval))
         self._closing = asyncio.Event()
         self._streams = 0
+        self._max_streams = max_streams
 
     @property
     def active_streams(self) -> int:
@@ -90,6 +94,15 @@ class HealthServicer(pb_grpc.DRAResourceHealthServicer):
     async def NodeWatchResources(
         self, request: pb.NodeWatchResourcesRequest, context: object
     ) -> AsyncIterator[pb.NodeWatchResourcesResponse]:
+        if self._streams >= self._max_streams:
+            log.warning("refused a health stream: %d open already", self._streams)
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many health streams: {self._streams} are open, this plugin serves at "
+                f"most {self._max_streams}; close idle ones (the kubelet needs one)",
+            )
+            return
         self._streams += 1
         log.debug("health watcher connected (%d active)", self._streams)
         try:
@@ -109,3 +122,11 @@ class HealthServicer(pb_grpc.DRAResourceHealthServicer):
         finally:
             changed.cancel()
             closing.cancel()
+
+
+async def _abort(context: object, code: grpc.StatusCode, details: str) -> None:
+    """End the call with code (a grpc.aio context raises out of here)."""
+    abort = getattr(context, "abort", None)
+    if abort is None:  # called without gRPC (tests): the refusal is the end of the stream
+        return
+    await abort(code, details)

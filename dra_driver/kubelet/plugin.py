@@ -50,6 +50,7 @@ class KubeletPlugin:
                 settings.node_name,
                 self._opts.health_resend_interval,
                 self._opts.health_timeout_seconds,
+                self._opts.max_health_streams,
             )
         self.services = supported_services(self.health is not None)
         self.dra = SocketServer("dra", settings.dra_socket, self._add_dra_services)
