@@ -42,9 +42,9 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .health.board import Health, HealthBoard
+from .hostport import parse_host_port
 from .inventory import DeviceType, Inventory
 from .prepare.types import ErrorKind
-from .settings import parse_host_port
 
 if TYPE_CHECKING:
     from .health.monitor import MonitorStats
@@ -485,10 +485,3 @@ class MetricsServer:
             self._thread.join()
             self._thread = None
         self._server.server_close()
-
-
-def serve(metrics: Metrics, address: str) -> MetricsServer:
-    """Bind and start the endpoint (see MetricsServer for the errors it raises)."""
-    server = MetricsServer(metrics.registry, address)
-    server.start()
-    return server

@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .. import settings as settings_mod
+from .common import load_settings
 
 if TYPE_CHECKING:  # the kubernetes client costs ~0.25 s to import: only when this command runs
     from ..slices.api import SliceApi
@@ -18,9 +19,13 @@ if TYPE_CHECKING:  # the kubernetes client costs ~0.25 s to import: only when th
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "cleanup", help="delete this driver's ResourceSlices for this node (uninstall)"
+        "cleanup",
+        help="delete this driver's ResourceSlices for this node (uninstall)",
+        description="Delete the ResourceSlices this driver published for this node, as after "
+        "an uninstall. The plugin itself leaves them in place when it stops, so that a "
+        "restart does not make the node's devices vanish from the scheduler.",
     )
-    settings_mod.add_arguments(p)
+    settings_mod.add_arguments(p, settings_mod.CLEANUP)
     p.set_defaults(func=run)
 
 
@@ -30,9 +35,7 @@ def delete_node_slices(api: SliceApi, driver: str, node_name: str) -> int:
     One DeleteCollection when the server (and RBAC) allows it, else one
     DELETE per slice; a slice already gone is fine.
     """
-    from kubernetes.client.exceptions import ApiException
-
-    from ..slices.api import slice_field_selector
+    from ..slices.api import ApiError, slice_field_selector
 
     selector = slice_field_selector(driver, node_name)
     items, _ = api.list_slices(selector)
@@ -40,7 +43,7 @@ def delete_node_slices(api: SliceApi, driver: str, node_name: str) -> int:
         return 0
     try:
         api.delete_collection(selector)
-    except ApiException as e:
+    except ApiError as e:
         if e.status not in (403, 404, 405):
             raise
         items, _ = api.list_slices(selector)
@@ -51,25 +54,23 @@ def delete_node_slices(api: SliceApi, driver: str, node_name: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import urllib3
-    from kubernetes.client.exceptions import ApiException
+    from ..k8s import ApiServerConfigError, NoApiServerConfigError, load_api_client
+    from ..slices.api import ApiError, ApiUnreachable, SliceApi
 
-    from ..k8s import NoApiServerConfigError, load_api_client
-    from ..slices.api import SliceApi
-
-    s = settings_mod.from_args(args)
+    s = load_settings(args)
     try:
         api = SliceApi(load_api_client(s.kubeconfig))
         n = delete_node_slices(api, s.driver_name, s.node_name)
-    except NoApiServerConfigError as e:
+    except (NoApiServerConfigError, ApiServerConfigError) as e:
         print(f"dra-driver cleanup: {e}", file=sys.stderr)
         return 2
-    except ApiException as e:
+    except ApiError as e:
         print(
-            f"dra-driver cleanup: the API server answered {e.status}: {e.reason}", file=sys.stderr
+            f"dra-driver cleanup: the API server answered {e.status}: {e.message}",
+            file=sys.stderr,
         )
         return 1
-    except (urllib3.exceptions.HTTPError, OSError) as e:
+    except ApiUnreachable as e:
         print(f"dra-driver cleanup: cannot reach the API server: {e}", file=sys.stderr)
         return 1
     print(f"deleted {n} ResourceSlice(s) of {s.driver_name} on node {s.node_name}")

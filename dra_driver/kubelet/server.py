@@ -67,10 +67,6 @@ class SocketServer:
         self._id: SocketId | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
-    @property
-    def socket_id(self) -> SocketId | None:
-        return self._id
-
     def state(self) -> PathState:
         return path_state(self.path, self._id)
 

@@ -1,56 +1,49 @@
 """ClaimPreparer: NodePrepareResources / NodeUnprepareResources for GPUs and MIG devices.
 
 Per claim, prepare reads the ResourceClaim (off the event loop), checks its
-UID, resolves this driver's allocation results on this node's pool to
-inventory devices, applies the opaque configuration, writes the claim's CDI
-spec and records the claim in the checkpoint. The checkpoint is the source of
-truth and the arbiter between claims and between plugin instances:
+UID, plans the claim (prepare/allocation.py: this driver's results on this
+node's pool, resolved to inventory devices, with their configuration), writes
+the claim's CDI spec and records the claim in the checkpoint. The checkpoint
+is the source of truth and the arbiter between claims and between plugin
+instances:
 
 * a claim is recorded `prepare-started` (with its devices, which reserves
   them) before any side effect, and `prepared` after all of them;
 * a prepared claim is answered again from the checkpoint alone, identically;
 * unprepare uses only the checkpoint (the claim may be gone from the API);
-* at start, `prepare-started` claims whose instance is dead are rolled back
-  (CDI spec deleted, entry dropped; the kubelet retries) and orphaned CDI
-  specs are swept.
+* at start, unfinished claims of dead instances are rolled back and orphaned
+  CDI specs swept (prepare/recovery.py).
 
 Concurrency: calls for different pods, and claims within one call, run in
 parallel on a small thread pool. A claim UID is handled by one task at a time;
 NVML settings take per-GPU locks; the checkpoint lock is held only for one
 short read-modify-write. No lock is held across the API read.
-
-Test hook: with DRA_DRIVER_TEST_CRASH_AT=after-started|after-cdi|before-prepared
-the process exits with os._exit(137) at that step of a prepare, so end-to-end
-tests can check recovery from a kill -9 at each point. Never set it in production.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-from ..health.board import Health, HealthBoard
-from ..inventory import Device, DeviceType, Inventory
+from ..health.board import HealthBoard
+from ..inventory import Inventory
 from ..logsafe import clip
 from ..nvml.errors import NvmlError
 from ..nvml.types import NvmlBackend
-from ..settings import Settings
+from .allocation import Action, Planned, check_claim, merged_admin, nvml_actions, plan_claim
+from .allocation import spec_devices as merged_spec_devices
 from .cdi import (
     CLAIM_UID_RE,
     CdiError,
     CdiSpecs,
     HostLayout,
     InvalidClaimUid,
-    SpecDevice,
     StagedSpec,
     check_claim_uid,
 )
@@ -63,85 +56,24 @@ from .checkpoint import (
     LoadReport,
     read_boot_id,
 )
-from .config import (
-    ConfigError,
-    GpuConfig,
-    OpaqueConfig,
-    SharingStrategy,
-    TimeSliceInterval,
-    base_request,
-    config_for,
-    decode_configs,
-)
+from .config import base_request
+from .crashpoints import CrashPoints
 from .files import fsync_dir
 from .locks import InstanceRegistry, KeyedLocks
-from .shape import MalformedClaim, NotAllocated, allocation_devices, driver_results
-from .sources import (
-    ApiClaimSource,
-    ClaimNotFound,
-    ClaimSource,
-    ClaimSourceError,
-    MemoryClaimSource,
-    NoApiClaimSource,
-)
+from .options import PreparerConfig
+from .recovery import ensure_spec, rebuild_from_cdi, recover
+from .sources import ClaimNotFound, ClaimSource, ClaimSourceError
 from .types import (
     CALL_DEADLINE,
+    ClaimError,
     ClaimRef,
     ErrorKind,
     PreparedDevice,
     PrepareResult,
-    PreparerInfo,
     UnprepareResult,
 )
 
-__all__ = [
-    "CRASH_ENV",
-    "ApiClaimSource",
-    "ClaimError",
-    "ClaimNotFound",
-    "ClaimPreparer",
-    "ClaimSource",
-    "ClaimSourceError",
-    "MemoryClaimSource",
-    "NoApiClaimSource",
-]
-
 log = logging.getLogger(__name__)
-
-CRASH_ENV = "DRA_DRIVER_TEST_CRASH_AT"
-CRASH_POINTS = frozenset({"after-started", "after-cdi", "before-prepared"})
-COMPUTE_MODE_DEFAULT = 0  # NVML_COMPUTEMODE_DEFAULT
-
-
-class ClaimError(Exception):
-    """This claim cannot be prepared; the message goes to the kubelet verbatim."""
-
-    def __init__(self, message: str, kind: ErrorKind = ErrorKind.INTERNAL) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass(frozen=True)
-class _Planned:
-    """One allocation result of ours, resolved to an inventory device."""
-
-    request: str
-    device: Device
-    gpu_uuid: str
-    admin: bool
-    share_id: str | None
-    config: OpaqueConfig | None
-
-
-@dataclass(frozen=True)
-class _Action:
-    """An NVML setting a claim's configuration asks for."""
-
-    gpu_uuid: str
-    compute_mode: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"gpuUuid": self.gpu_uuid, "computeMode": self.compute_mode}
 
 
 def _ref_text(ref: ClaimRef) -> str:
@@ -174,59 +106,46 @@ class ClaimPreparer:
 
     def __init__(
         self,
-        settings: Settings,
+        config: PreparerConfig,
         inventory: Callable[[], Inventory],
         claims: ClaimSource,
         health: HealthBoard | None,
         nvml: NvmlBackend | None,
-        *,
-        workers: int = 16,
-        api_workers: int = 16,
     ) -> None:
-        self._settings = settings
+        self._config = config
         self._inventory = inventory
         self._claims = claims
         self._health = health
         self._nvml = nvml
-        state = settings.state_path
-        self._instances = InstanceRegistry(state / "instances")
+        self._instances = InstanceRegistry(config.state_dir / "instances")
         self._host = HostLayout(
-            settings.dev_root, settings.proc_root, settings.driver_root, self._driver_version
+            config.dev_root, config.proc_root, config.driver_root, self._driver_version
         )
         self._cdi = CdiSpecs(
-            settings.cdi_root, settings.driver_name, self._host, owner=self._instances.id
+            config.cdi_root, config.driver_name, self._host, owner=self._instances.id
         )
         self._store = CheckpointStore(
-            state,
-            read_boot_id(settings.proc_root),
-            rebuild=self._rebuild_from_cdi,
+            config.state_dir,
+            read_boot_id(config.proc_root),
+            rebuild=lambda: rebuild_from_cdi(
+                self._cdi, self._inventory, config.pool_name, self._instances.id
+            ),
             owner=self._instances.id,
         )
         self._gpu_locks = KeyedLocks()
         self._claim_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # Local work (checkpoint, CDI, NVML) and API reads on separate threads, so that
         # a hung API server never holds the threads checkpoint hits and unprepares need.
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="claim-prepare")
-        self._api = ThreadPoolExecutor(max_workers=api_workers, thread_name_prefix="claim-api")
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.workers, thread_name_prefix="claim-prepare"
+        )
+        self._api = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="claim-api")
         # File work that overlaps a claim's own checkpoint write (see _prepare_sync).
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="claim-io")
-        crash_at = os.environ.get(CRASH_ENV, "")
-        self._crash_at = crash_at if crash_at in CRASH_POINTS else ""
-        if crash_at and not self._crash_at:
-            log.warning("%s=%r is not one of %s; ignored", CRASH_ENV, crash_at, CRASH_POINTS)
+        self._crash = CrashPoints()
         self.load_report: LoadReport | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
-
-    def info(self) -> PreparerInfo:
-        notes = [
-            f"checkpoint {self._store.path}",
-            f"CDI specs {self._cdi.root}/{self._cdi.prefix}<claim UID>.json",
-            f"instance {self._instances.id}",
-        ]
-        if self._crash_at:
-            notes.append(f"TEST HOOK: exits at {self._crash_at}")
-        return PreparerInfo(name="ClaimPreparer", notes=notes)
 
     async def start(self) -> None:
         """Load or repair the checkpoint, roll back unfinished claims, sweep orphaned specs."""
@@ -249,36 +168,8 @@ class ClaimPreparer:
 
     def _start_sync(self) -> None:
         self._instances.acquire()
-        if self._crash_at:
-            log.warning(
-                "TEST HOOK %s=%s is set: this process exits there", CRASH_ENV, self._crash_at
-            )
-        self.load_report = self._store.load()
-
-        def recover(claims: dict[str, ClaimRecord]) -> tuple[tuple[list[str], list[str]], bool]:
-            rolled = []
-            for uid, rec in list(claims.items()):
-                if rec.state is ClaimState.STARTED and not self._instances.is_alive(rec.instance):
-                    if CLAIM_UID_RE.fullmatch(uid):
-                        self._cdi.remove(uid)
-                    del claims[uid]
-                    rolled.append(uid)
-            swept = self._cdi.sweep(claims, self._instances.is_alive)
-            return (rolled, swept), bool(rolled)
-
-        rolled, swept = self._store.update(recover)
-        reaped = self._instances.reap()
-        claims = self._store.snapshot()
-        log.info(
-            "preparer ready: instance %s, %d claim(s) in checkpoint, rolled back %d unfinished "
-            "claim(s) %s, swept %d orphaned CDI spec(s)%s",
-            self._instances.id,
-            len(claims),
-            len(rolled),
-            rolled,
-            len(swept),
-            f", reaped dead instances {reaped}" if reaped else "",
-        )
+        self._crash.warn()
+        self.load_report = recover(self._store, self._cdi, self._instances)
 
     # --- per-claim serialisation ---------------------------------------------------------
 
@@ -316,13 +207,12 @@ class ClaimPreparer:
         ]
         if not refs:
             return {}
-        out: dict[str, PrepareResult] = {}
-        for ref, devices in zip(
-            refs, await asyncio.gather(*map(self._cached_one, refs)), strict=True
-        ):
-            if devices is not None:
-                out[ref.uid] = PrepareResult(devices=devices)
-        return out
+        found = await asyncio.gather(*map(self._cached_one, refs))
+        return {
+            ref.uid: PrepareResult(devices=devices)
+            for ref, devices in zip(refs, found, strict=True)
+            if devices is not None
+        }
 
     async def _cached_one(self, ref: ClaimRef) -> tuple[PreparedDevice, ...] | None:
         if ref.uid in self._claim_locks:
@@ -393,23 +283,26 @@ class ClaimPreparer:
         """The answer for a claim already prepared (its spec rewritten if missing), or None."""
         rec = self._store.get(ref.uid)
         if rec is not None and rec.state is ClaimState.PREPARED and not rec.rebuilt:
-            self._ensure_spec(rec)
+            ensure_spec(self._cdi, rec, self._inventory)
             return _answer(rec)
         return None
 
     def _prepare_sync(self, ref: ClaimRef, claim: dict[str, Any]) -> tuple[PreparedDevice, ...]:
-        plans = self._plan(ref, claim)
+        plans = plan_claim(
+            ref,
+            claim,
+            driver=self._config.driver_name,
+            pool=self._config.pool_name,
+            inventory=self._inventory(),
+            health=self._health,
+        )
         if not plans:
             return ()
-        actions = self._actions(plans)
+        actions = nvml_actions(plans, have_nvml=self._nvml is not None)
         record = self._record(ref, plans)
-        devices: dict[str, SpecDevice] = {}
-        for p in plans:
-            prev = devices.get(p.device.name)
-            admin = p.admin and (prev is None or prev.admin_access)
-            devices[p.device.name] = SpecDevice(p.device, admin)
+        devices = merged_spec_devices((p.device, p.admin) for p in plans)
         try:
-            spec = self._cdi.build(ref.uid, list(devices.values()))
+            spec = self._cdi.build(ref.uid, devices)
         except CdiError as e:
             raise ClaimError(str(e), ErrorKind.CDI_OR_CHECKPOINT) from e
         # The spec is staged (written and fsynced under a temp name no runtime reads)
@@ -427,17 +320,17 @@ class ClaimPreparer:
         if existing is not None:
             self._discard(staging)
             return _answer(existing)
-        self._crash("after-started")
+        self._crash.crash("after-started")
         try:
             if actions:
                 self._apply(actions)
             self._cdi.commit(staging.result(), sync_dir=False)
-            self._crash("after-cdi")
+            self._crash.crash("after-cdi")
             dir_synced = self._io.submit(fsync_dir, self._cdi.root)
             done = record.with_state(
                 ClaimState.PREPARED, actions=tuple(a.to_json() for a in actions)
             )
-            self._crash("before-prepared")
+            self._crash.crash("before-prepared")
             try:
                 self._store.update(lambda claims: self._finish(claims, done))
             finally:
@@ -459,14 +352,6 @@ class ClaimPreparer:
         except Exception as e:
             log.warning("discarding a staged CDI spec: %s", e)
 
-    def _crash(self, point: str) -> None:
-        if self._crash_at == point:
-            log.critical("TEST HOOK: exiting at %s (%s=%s)", point, CRASH_ENV, point)
-            for h in logging.getLogger().handlers:
-                h.flush()
-            sys.stderr.flush()
-            os._exit(137)
-
     def _fetch(self, ref: ClaimRef) -> dict[str, Any]:
         try:
             claim = self._claims.get_claim(ref.namespace, ref.name)
@@ -476,128 +361,10 @@ class ClaimPreparer:
             ) from e
         except ClaimSourceError as e:
             raise ClaimError(str(e), ErrorKind.API_SERVER) from e
-        uid = (claim.get("metadata") or {}).get("uid")
-        if uid != ref.uid:
-            raise ClaimError(
-                f"ResourceClaim {ref.namespace}/{ref.name} has UID {uid}, not {ref.uid}: "
-                "the claim was replaced",
-                ErrorKind.CLAIM_NOT_FOUND,
-            )
+        check_claim(ref, claim)
         return claim
 
-    def _plan(self, ref: ClaimRef, claim: dict[str, Any]) -> list[_Planned]:
-        driver, pool = self._settings.driver_name, self._settings.node_name
-        try:
-            alloc_devices = allocation_devices(claim)
-            results = driver_results(alloc_devices, driver)
-        except NotAllocated as e:
-            raise ClaimError(
-                f"ResourceClaim {ref.namespace}/{ref.name} is not allocated",
-                ErrorKind.NOT_ALLOCATED,
-            ) from e
-        except MalformedClaim as e:
-            raise ClaimError(
-                f"ResourceClaim {ref.namespace}/{ref.name} has a malformed allocation: {e}",
-                ErrorKind.NOT_ALLOCATED,
-            ) from e
-        if not results:
-            return []
-        # The cheap checks first: opaque configs are decoded only for a claim that is
-        # otherwise preparable, and only those naming one of its requests (or none).
-        inventory = self._inventory()
-        devices = []
-        for r in results:
-            if r.pool != pool:
-                raise ClaimError(
-                    f"request {r.request!r}: device {r.device} was allocated from pool "
-                    f"{r.pool!r}, not this node's pool {pool!r}",
-                    ErrorKind.NOT_ALLOCATED,
-                )
-            device = inventory.device(r.device)
-            if device is None:
-                raise ClaimError(
-                    f"request {r.request!r}: device {r.device!r} is not a device of this node "
-                    f"(unknown to the current inventory of pool {pool!r})",
-                    ErrorKind.DEVICE_UNAVAILABLE,
-                )
-            self._check_health(r.request, device, inventory)
-            devices.append(device)
-        requests = {r.request for r in results} | {base_request(r.request) for r in results}
-        try:
-            configs = decode_configs(alloc_devices, driver, requests)
-        except ConfigError as e:
-            raise ClaimError(f"invalid opaque configuration: {e}", ErrorKind.CONFIG) from e
-        plans = []
-        for r, device in zip(results, devices, strict=True):
-            try:
-                config = config_for(r.request, device.type is DeviceType.MIG, configs)
-            except ConfigError as e:
-                raise ClaimError(f"invalid opaque configuration: {e}", ErrorKind.CONFIG) from e
-            plans.append(
-                _Planned(
-                    request=r.request,
-                    device=device,
-                    gpu_uuid=device.parent_uuid or device.uuid,
-                    admin=r.admin_access,
-                    share_id=r.share_id,
-                    config=config,
-                )
-            )
-        return plans
-
-    def _check_health(self, request: str, device: Device, inventory: Inventory) -> None:
-        if self._health is None:
-            return
-        names = [device.name]
-        gpu = inventory.gpu_of(device)
-        if gpu is not None and gpu.name != device.name:
-            names.append(gpu.name)
-        for name in names:
-            h = self._health.get(name)
-            if h is not None and h.health is Health.UNHEALTHY:
-                why = h.message or h.reason or "no detail"
-                subject = device.name if name == device.name else f"{device.name}'s GPU {name}"
-                raise ClaimError(
-                    f"request {request!r}: {subject} is unhealthy: {why}",
-                    ErrorKind.DEVICE_UNHEALTHY,
-                )
-
-    def _actions(self, plans: Sequence[_Planned]) -> list[_Action]:
-        """NVML settings the configs ask for; refuses what this driver cannot do."""
-        actions: dict[str, _Action] = {}
-        for p in plans:
-            c = p.config
-            if c is None or c.config.sharing is None:
-                continue
-            sharing = c.config.sharing
-            if sharing.strategy is SharingStrategy.MPS:
-                raise ClaimError(
-                    f"{c.where}: MPS sharing needs an MPS control daemon, "
-                    "which this driver does not run yet",
-                    ErrorKind.CONFIG,
-                )
-            if not isinstance(c.config, GpuConfig):
-                continue  # TimeSlicing on a MIG device: MIG devices time-slice already
-            interval = (
-                sharing.time_slicing.interval if sharing.time_slicing else TimeSliceInterval.DEFAULT
-            )
-            if interval is not TimeSliceInterval.DEFAULT:
-                raise ClaimError(
-                    f"{c.where}: time-slice interval {interval} needs "
-                    "`nvidia-smi compute-policy --set-timeslice`, which this driver does not "
-                    "run yet; use interval Default",
-                    ErrorKind.CONFIG,
-                )
-            actions[p.gpu_uuid] = _Action(p.gpu_uuid, COMPUTE_MODE_DEFAULT)
-        if actions and self._nvml is None:
-            raise ClaimError(
-                "the claim's TimeSlicing configuration sets the GPU compute mode through NVML, "
-                "and no NVML backend is available",
-                ErrorKind.CONFIG,
-            )
-        return [actions[k] for k in sorted(actions)]
-
-    def _apply(self, actions: Sequence[_Action]) -> None:
+    def _apply(self, actions: Sequence[Action]) -> None:
         assert self._nvml is not None
         with self._gpu_locks.hold(a.gpu_uuid for a in actions):
             for a in actions:
@@ -609,8 +376,8 @@ class ClaimPreparer:
                         ErrorKind.NVML,
                     ) from e
 
-    def _record(self, ref: ClaimRef, plans: Sequence[_Planned]) -> ClaimRecord:
-        node = self._settings.node_name
+    def _record(self, ref: ClaimRef, plans: Sequence[Planned]) -> ClaimRecord:
+        node = self._config.pool_name
         devices = tuple(
             DeviceRecord(
                 request_names=(base_request(p.request),),
@@ -641,9 +408,7 @@ class ClaimPreparer:
         current = claims.get(record.uid)
         if current is not None and current.state is ClaimState.PREPARED and not current.rebuilt:
             return current, False  # another instance finished it meanwhile
-        admin: dict[str, bool] = {}
-        for d in record.devices:
-            admin[d.device_name] = admin.get(d.device_name, True) and d.admin_access
+        admin = merged_admin((d.device_name, d.admin_access) for d in record.devices)
         for other in claims.values():
             if other.uid == record.uid:
                 continue
@@ -685,34 +450,6 @@ class ClaimPreparer:
             self._store.update(drop)
         except Exception:
             log.exception("rolling back claim %s failed; the next start will finish it", uid)
-
-    def _ensure_spec(self, rec: ClaimRecord) -> None:
-        """Rewrite a prepared claim's spec if it vanished (e.g. someone cleaned /var/run/cdi)."""
-        if self._cdi.exists(rec.uid):
-            return
-        inventory = self._inventory()
-        devices: dict[str, SpecDevice] = {}
-        for d in rec.devices:
-            device = inventory.device(d.device_name)
-            if device is None:
-                log.warning(
-                    "claim %s: CDI spec missing and device %s no longer in the inventory",
-                    rec.uid,
-                    d.device_name,
-                )
-                return
-            prev = devices.get(d.device_name)
-            devices[d.device_name] = SpecDevice(
-                device, d.admin_access and (prev is None or prev.admin_access)
-            )
-        try:
-            self._cdi.write(rec.uid, self._cdi.build(rec.uid, list(devices.values())))
-            log.warning("claim %s: CDI spec was missing; rewritten", rec.uid)
-        except CdiError as e:
-            raise ClaimError(
-                f"CDI spec of this prepared claim is missing and: {e}",
-                ErrorKind.CDI_OR_CHECKPOINT,
-            ) from e
 
     # --- unprepare -----------------------------------------------------------------------
 
@@ -757,55 +494,6 @@ class ClaimPreparer:
         finally:
             if dir_synced is not None:
                 dir_synced.result()
-
-    # --- recovery ------------------------------------------------------------------------
-
-    def _rebuild_from_cdi(self) -> dict[str, ClaimRecord]:
-        """Claims reconstructed from our CDI specs when the checkpoint is corrupted.
-
-        Request names, namespace and name are not in a spec; such records are
-        marked rebuilt, and a later prepare of the claim re-reads it from the API.
-        """
-        try:
-            inventory: Inventory | None = self._inventory()
-        except Exception:
-            inventory = None
-        out: dict[str, ClaimRecord] = {}
-        for uid in self._cdi.claim_uids():
-            try:
-                spec = self._cdi.read(uid)
-            except CdiError as e:
-                log.error("rebuild: %s", e)
-                continue
-            if spec is None:
-                continue
-            devices = []
-            for name, cdi_id, admin, uuid in self._cdi.devices_of(uid, spec):
-                dev = inventory.device(name) if inventory is not None else None
-                devices.append(
-                    DeviceRecord(
-                        request_names=(),
-                        pool_name=self._settings.node_name,
-                        device_name=name,
-                        cdi_device_ids=(cdi_id,),
-                        uuid=uuid,
-                        gpu_uuid=(dev.parent_uuid or dev.uuid) if dev is not None else "",
-                        admin_access=admin,
-                    )
-                )
-            if devices:
-                out[uid] = ClaimRecord(
-                    uid=uid,
-                    namespace="",
-                    name="",
-                    state=ClaimState.PREPARED,
-                    devices=tuple(devices),
-                    instance=self._instances.id,
-                    rebuilt=True,
-                    updated=time.time(),
-                )
-        log.warning("rebuilt %d claim(s) from CDI specs: %s", len(out), sorted(out))
-        return out
 
     # --- introspection (tests, demo) -----------------------------------------------------
 

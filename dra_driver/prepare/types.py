@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -64,12 +64,12 @@ class UnprepareResult:
     error_kind: ErrorKind | None = None  # set with error; None counts as INTERNAL
 
 
-@dataclass
-class PreparerInfo:
-    """What a preparer says about itself (logged at start, shown by the demo)."""
+class ClaimError(Exception):
+    """This claim cannot be prepared; the message goes to the kubelet verbatim."""
 
-    name: str
-    notes: list[str] = field(default_factory=list)
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.INTERNAL) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class Preparer(Protocol):

@@ -4,6 +4,10 @@ Requests go through ApiClient.param_serialize/call_api (the client's own
 auth, TLS, proxy and timeout handling) with plain JSON bodies, not through
 the generated model classes: the models would silently drop any field they
 do not know, and the publisher must compare exactly what the server stored.
+
+Every failure leaves this module as one of our own errors, ApiError (the
+server answered with an error status) or ApiUnreachable (no usable answer),
+so callers never touch the kubernetes client's exception types.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -23,6 +28,51 @@ from ..k8s import RESOURCE_GROUP, RESOURCE_VERSION
 log = logging.getLogger(__name__)
 
 SLICES_PATH = f"/apis/{RESOURCE_GROUP}/{RESOURCE_VERSION}/resourceslices"
+
+
+class SliceApiError(Exception):
+    """A ResourceSlice or Node call failed."""
+
+
+class ApiError(SliceApiError):
+    """The API server answered with an error status; message is its own explanation."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+    @classmethod
+    def of(cls, e: ApiException) -> ApiError:
+        return cls(int(e.status or 0), _api_message(e), _retry_after(e))
+
+
+class ApiUnreachable(SliceApiError):
+    """The API server could not be reached, or its answer could not be read."""
+
+    @classmethod
+    def of(cls, e: Exception) -> ApiUnreachable:
+        return cls(f"{type(e).__name__}: {e}")
+
+
+# What the client and urllib3 raise when there is no usable answer.
+_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+def _api_message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "{}").get("message") or e.reason)
+    except (ValueError, AttributeError):
+        return str(e.reason)
+
+
+def _retry_after(e: ApiException) -> float | None:
+    value = (e.headers or {}).get("Retry-After") if e.headers else None
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def slice_field_selector(driver: str, node_name: str) -> str:
@@ -49,13 +99,21 @@ class WatchStream:
             yield buf
 
     def next_event(self) -> dict[str, Any] | None:
-        """The next event ({"type", "object"}), or None when the server ended the watch."""
+        """The next event ({"type", "object"}), or None when the server ended the watch.
+
+        Raises ApiUnreachable when the stream breaks or carries something not JSON.
+        """
         try:
             line = next(self._lines)
         except StopIteration:
             self._ended = True
             return None
-        event: dict[str, Any] = json.loads(line)
+        except _TRANSPORT_ERRORS as e:
+            raise ApiUnreachable.of(e) from e
+        try:
+            event: dict[str, Any] = json.loads(line)
+        except ValueError as e:
+            raise ApiUnreachable.of(e) from e
         return event
 
     def close(self) -> None:
@@ -86,6 +144,23 @@ class SliceApi:
         body: Any = None,
         timeout: Any = None,
         stream: bool = False,
+    ) -> Any:
+        """One request; raises ApiError or ApiUnreachable."""
+        try:
+            return self._request(method, path, query, body, timeout, stream)
+        except ApiException as e:
+            raise ApiError.of(e) from e
+        except _TRANSPORT_ERRORS as e:
+            raise ApiUnreachable.of(e) from e
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None,
+        body: Any,
+        timeout: Any,
+        stream: bool,
     ) -> Any:
         params = self._api.param_serialize(
             method=method,
@@ -154,7 +229,7 @@ class SliceApi:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions}
         try:
             self._call("DELETE", f"{SLICES_PATH}/{quote(name, safe='')}", body=body)
-        except ApiException as e:
+        except ApiError as e:
             if e.status == 404:
                 return False
             raise
@@ -167,7 +242,7 @@ class SliceApi:
         """The Node object, or None if no such Node exists."""
         try:
             node: dict[str, Any] = self._call("GET", f"/api/v1/nodes/{quote(name, safe='')}")
-        except ApiException as e:
+        except ApiError as e:
             if e.status == 404:
                 return None
             raise

@@ -173,6 +173,140 @@ def _in_pool(obj: Mapping[str, Any], driver: str, node_name: str) -> bool:
     )
 
 
+class _Comparer:
+    """Is a stored slice already the desired slice of its index? Fingerprints memoized."""
+
+    def __init__(
+        self,
+        fragments: Sequence[Mapping[str, Any]],
+        *,
+        driver: str,
+        node_name: str,
+        generation: int,
+        converged: Mapping[str, tuple[str, str]],
+        fingerprints: dict[tuple[str, str], str] | None,
+    ) -> None:
+        self._fragments = fragments
+        self._driver = driver
+        self._node = node_name
+        self._generation = generation
+        self._converged = converged
+        self._cache = fingerprints
+        self._wanted: dict[int, str] = {}
+        self._have: dict[int, str] = {}
+
+    def _want(self, index: int) -> str:
+        if index not in self._wanted:
+            self._wanted[index] = fingerprint(
+                slice_spec(
+                    self._fragments[index],
+                    driver=self._driver,
+                    node_name=self._node,
+                    generation=self._generation,
+                    count=len(self._fragments),
+                )
+            )
+        return self._wanted[index]
+
+    def _stored(self, obj: Mapping[str, Any]) -> str:
+        if id(obj) not in self._have:
+            key = (str(_meta(obj).get("uid", "")), str(_meta(obj).get("resourceVersion", "")))
+            cache = self._cache if all(key) else None
+            cached = cache.get(key) if cache is not None else None
+            if cached is None:
+                cached = fingerprint(obj.get("spec") or {})
+                if cache is not None:
+                    cache[key] = cached
+            self._have[id(obj)] = cached
+        return self._have[id(obj)]
+
+    def current(self, index: int, obj: Mapping[str, Any]) -> bool:
+        want_fp, have_fp = self._want(index), self._stored(obj)
+        name = str(_meta(obj).get("name", ""))
+        return want_fp == have_fp or self._converged.get(name) == (want_fp, have_fp)
+
+
+def _sort_stored(
+    plan: Plan, actual: Iterable[Mapping[str, Any]], driver: str, node_name: str, count: int
+) -> tuple[int, dict[int, list[dict[str, Any]]]]:
+    """Phase 1: the pool's current generation, and its stored slices by index.
+
+    Slices of another pool, an older generation or an index past the desired
+    count go to plan.deletes.
+    """
+    ours: list[dict[str, Any]] = []
+    for obj in sorted(actual, key=lambda o: str(_meta(o).get("name", ""))):
+        if _in_pool(obj, driver, node_name):
+            ours.append(dict(obj))
+        else:
+            plan.deletes.append(dict(obj))
+            plan.reasons.append(f"delete {_meta(obj).get('name')}: not in pool {node_name}")
+    generation = max([_generation(o) for o in ours], default=0)
+    candidates: dict[int, list[dict[str, Any]]] = {}
+    for obj in ours:
+        name = str(_meta(obj).get("name", ""))
+        index = slice_index(name)
+        if _generation(obj) < generation:
+            plan.deletes.append(obj)
+            plan.reasons.append(f"delete {name}: generation {_generation(obj)} < {generation}")
+        elif index is None or index >= count:
+            plan.deletes.append(obj)
+            plan.reasons.append(f"delete {name}: index {index} not in 0..{count - 1}")
+        else:
+            candidates.setdefault(index, []).append(obj)
+    return generation, candidates
+
+
+def _match(
+    plan: Plan, candidates: Mapping[int, list[dict[str, Any]]], compare: _Comparer
+) -> dict[int, dict[str, Any]]:
+    """Phase 2: one stored slice per index (an up-to-date one if any); duplicates deleted."""
+    matched: dict[int, dict[str, Any]] = {}
+    for index, objs in sorted(candidates.items()):
+        keep = next((o for o in objs if compare.current(index, o)), objs[0])
+        matched[index] = keep
+        for o in objs:
+            if o is not keep:
+                plan.deletes.append(o)
+                plan.reasons.append(f"delete {_meta(o).get('name')}: duplicate index {index}")
+    return matched
+
+
+def _choose_generation(
+    plan: Plan, matched: Mapping[int, Any], changed: list[int], generation: int, floor: int
+) -> tuple[int, list[int]]:
+    """Phase 3: bump the generation when the pool is new or several slices change together."""
+    if not matched:
+        return max(generation, floor) + 1, changed
+    if len(changed) > 1:
+        plan.reasons.append(f"generation {generation + 1}: {len(matched)} slices change together")
+        return generation + 1, list(matched)
+    return generation, changed
+
+
+def _update_body(
+    fragment: Mapping[str, Any],
+    stored: Mapping[str, Any],
+    *,
+    driver: str,
+    node_name: str,
+    generation: int,
+    count: int,
+) -> dict[str, Any]:
+    """The object to PUT over stored: the desired spec, stored's metadata and taint times."""
+    spec = copy.deepcopy(
+        slice_spec(fragment, driver=driver, node_name=node_name, generation=generation, count=count)
+    )
+    copy_taint_times(spec, stored.get("spec"))
+    meta = {k: v for k, v in _meta(stored).items() if k != "managedFields"}
+    return {
+        "apiVersion": stored.get("apiVersion", "resource.k8s.io/v1"),
+        "kind": stored.get("kind", "ResourceSlice"),
+        "metadata": meta,
+        "spec": spec,
+    }
+
+
 def plan_pool(
     fragments: Sequence[Mapping[str, Any]],
     actual: Iterable[Mapping[str, Any]],
@@ -196,73 +330,22 @@ def plan_pool(
     fingerprints: a cache of stored slices' fingerprints by (uid, resourceVersion),
         kept by the caller across calls; a stored object never changes in place.
     """
-    converged = converged or {}
     count = len(fragments)
     plan = Plan(generation=0, count=count)
-    ours: list[dict[str, Any]] = []
-    for obj in sorted(actual, key=lambda o: str(_meta(o).get("name", ""))):
-        if _in_pool(obj, driver, node_name):
-            ours.append(dict(obj))
-        else:
-            plan.deletes.append(dict(obj))
-            plan.reasons.append(f"delete {_meta(obj).get('name')}: not in pool {node_name}")
-    generation = max([_generation(o) for o in ours], default=0)
-    candidates: dict[int, list[dict[str, Any]]] = {}
-    for obj in ours:
-        name = str(_meta(obj).get("name", ""))
-        index = slice_index(name)
-        if _generation(obj) < generation:
-            plan.deletes.append(obj)
-            plan.reasons.append(f"delete {name}: generation {_generation(obj)} < {generation}")
-        elif index is None or index >= count:
-            plan.deletes.append(obj)
-            plan.reasons.append(f"delete {name}: index {index} not in 0..{count - 1}")
-        else:
-            candidates.setdefault(index, []).append(obj)
-
-    wanted: dict[int, str] = {}
-    have: dict[int, str] = {}
-
-    def current(index: int, obj: Mapping[str, Any]) -> bool:
-        """Is obj already slice index at the current generation? (fingerprints memoized)"""
-        if index not in wanted:
-            wanted[index] = fingerprint(
-                slice_spec(
-                    fragments[index],
-                    driver=driver,
-                    node_name=node_name,
-                    generation=generation,
-                    count=count,
-                )
-            )
-        if id(obj) not in have:
-            key = (str(_meta(obj).get("uid", "")), str(_meta(obj).get("resourceVersion", "")))
-            cached = fingerprints.get(key) if fingerprints is not None and all(key) else None
-            if cached is None:
-                cached = fingerprint(obj.get("spec") or {})
-                if fingerprints is not None and all(key):
-                    fingerprints[key] = cached
-            have[id(obj)] = cached
-        want_fp, have_fp = wanted[index], have[id(obj)]
-        name = str(_meta(obj).get("name", ""))
-        return want_fp == have_fp or converged.get(name) == (want_fp, have_fp)
-
-    matched: dict[int, dict[str, Any]] = {}
-    for index, objs in sorted(candidates.items()):
-        keep = next((o for o in objs if current(index, o)), objs[0])
-        matched[index] = keep
-        for o in objs:
-            if o is not keep:
-                plan.deletes.append(o)
-                plan.reasons.append(f"delete {_meta(o).get('name')}: duplicate index {index}")
-    changed = [i for i, o in matched.items() if not current(i, o)]
-    if not matched:
-        generation = max(generation, min_generation) + 1
-    elif len(changed) > 1:
-        generation += 1
-        changed = list(matched)
-        plan.reasons.append(f"generation {generation}: {len(changed)} slices change together")
+    generation, candidates = _sort_stored(plan, actual, driver, node_name, count)
+    compare = _Comparer(
+        fragments,
+        driver=driver,
+        node_name=node_name,
+        generation=generation,
+        converged=converged or {},
+        fingerprints=fingerprints,
+    )
+    matched = _match(plan, candidates, compare)
+    changed = [i for i, o in matched.items() if not compare.current(i, o)]
+    generation, changed = _choose_generation(plan, matched, changed, generation, min_generation)
     plan.generation = generation
+    # Phase 4: the writes, slice by slice.
     for index in range(count):
         stored = matched.get(index)
         if stored is None:
@@ -279,25 +362,16 @@ def plan_pool(
             )
             plan.reasons.append(f"create slice {index}")
         elif index in changed:
-            spec = copy.deepcopy(
-                slice_spec(
-                    fragments[index],
-                    driver=driver,
-                    node_name=node_name,
-                    generation=generation,
-                    count=count,
-                )
+            body = _update_body(
+                fragments[index],
+                stored,
+                driver=driver,
+                node_name=node_name,
+                generation=generation,
+                count=count,
             )
-            copy_taint_times(spec, stored.get("spec"))
-            meta = {k: v for k, v in _meta(stored).items() if k != "managedFields"}
-            body = {
-                "apiVersion": stored.get("apiVersion", "resource.k8s.io/v1"),
-                "kind": stored.get("kind", "ResourceSlice"),
-                "metadata": meta,
-                "spec": spec,
-            }
             plan.updates.append(Update(current=stored, body=body))
-            plan.reasons.append(f"update {meta.get('name')} (slice {index})")
+            plan.reasons.append(f"update {body['metadata'].get('name')} (slice {index})")
         else:
             plan.unchanged.append(str(_meta(stored).get("name", "")))
     return plan

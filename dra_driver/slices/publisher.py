@@ -22,75 +22,31 @@ Slices are left in place on shutdown: the next start adopts them without writes.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import json
 import logging
 import random
-import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import urllib3
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from ..health.board import DeviceHealth, Health
+from ..health.board import DeviceHealth
 from ..inventory import Inventory
-from ..settings import Settings
 from . import validation
-from .api import SliceApi, WatchStream, slice_field_selector
+from .api import ApiError, ApiUnreachable, SliceApi, WatchStream, slice_field_selector
 from .builder import DesiredPool, build_pool
+from .cache import SliceCache, name_of, rv_of, uid_of
+from .options import PublisherConfig
 from .plan import Plan, fingerprint, normalize_spec, plan_pool
+from .taints import health_taints
 
 log = logging.getLogger(__name__)
 
-UNHEALTHY_TAINT = "unhealthy"  # key is "<driver>/unhealthy"
-XID_TAINT = "xid"  # NVIDIA's key for XID errors: "<driver>/xid=<n>"
-GPU_LOST_TAINT = "gpu-lost"  # NVIDIA's key for a GPU off the bus
 MAX_PASSES = 5  # re-plans after conflicts before backing off
-
-
-def taint_value(reason: str) -> str:
-    """A health reason as a label value ("XID 79" -> "XID-79"), at most 63 characters."""
-    text = re.sub(r"[^A-Za-z0-9_.-]+", "-", reason.strip())[:63]
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", text) or "unknown"
-
-
-def health_taint(reason: str, driver: str) -> dict[str, str]:
-    """The NoSchedule taint for one Unhealthy verdict, keyed as NVIDIA's driver keys it.
-
-    XIDs are `<driver>/xid=<n>` and a lost GPU `<driver>/gpu-lost`, exactly
-    NVIDIA's keys, so tolerations written for that driver keep working; every
-    other reason is `<driver>/unhealthy=<reason>`.
-    """
-    if reason.startswith("xid-") and reason[4:].isdigit():
-        return {"key": f"{driver}/{XID_TAINT}", "value": reason[4:], "effect": "NoSchedule"}
-    if reason == "gpu-lost":
-        return {"key": f"{driver}/{GPU_LOST_TAINT}", "effect": "NoSchedule"}
-    return {
-        "key": f"{driver}/{UNHEALTHY_TAINT}",
-        "value": taint_value(reason or "unknown"),
-        "effect": "NoSchedule",
-    }
-
-
-def health_taints(health: Sequence[DeviceHealth], driver: str) -> dict[str, list[dict[str, str]]]:
-    """Which health verdicts taint which device, and how.
-
-    Unhealthy -> one NoSchedule taint for its reason (see health_taint): new
-    claims avoid the device, running pods are left alone (eviction is the
-    admin's decision, via a DeviceTaintRule). Degraded and unknown devices stay
-    schedulable and get no taint: the informational effect None is valid only
-    from Kubernetes 1.35, and the health stream's message already says what is
-    degraded.
-    """
-    return {
-        h.device: [health_taint(h.reason, driver)] for h in health if h.health is Health.UNHEALTHY
-    }
 
 
 @dataclass
@@ -137,41 +93,6 @@ class _Transient(Exception):
         self.status = status
 
 
-def _name(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("name", ""))
-
-
-def _uid(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("uid", ""))
-
-
-def _rv(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("resourceVersion", ""))
-
-
-def _rv_int(rv: str) -> int | None:
-    """resourceVersions are opaque; etcd's are integers and then comparable."""
-    try:
-        return int(rv)
-    except ValueError:
-        return None
-
-
-def _api_message(e: ApiException) -> str:
-    try:
-        return str(json.loads(e.body or "{}").get("message") or e.reason)
-    except (ValueError, AttributeError):
-        return str(e.reason)
-
-
-def _retry_after(e: ApiException) -> float | None:
-    value = (e.headers or {}).get("Retry-After") if e.headers else None
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
 def _dropped_fields(sent: Any, stored: Any, path: str = "") -> set[str]:
     """Paths present in what we sent but not in what the server stored."""
     out: set[str] = set()
@@ -196,31 +117,21 @@ class SlicePublisher:
     arguments exist for tests and tuning; the defaults suit production.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        api: client.ApiClient,
-        *,
-        debounce: float = 0.2,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 10.0,
-        request_timeout: float = 10.0,
-        watch_timeout: int = 300,
-    ) -> None:
-        problem = validation.driver_name_problem(settings.driver_name) or (
-            validation.pool_name_problem(settings.node_name)
+    def __init__(self, config: PublisherConfig, api: client.ApiClient) -> None:
+        problem = validation.driver_name_problem(config.driver_name) or (
+            validation.pool_name_problem(config.node_name)
         )
         if problem:
             raise ValueError(f"cannot publish ResourceSlices: {problem}")
-        self._settings = settings
-        self._driver = settings.driver_name
-        self._node = settings.node_name
+        self._config = config
+        self._driver = config.driver_name
+        self._node = config.node_name
         self._selector = slice_field_selector(self._driver, self._node)
-        self._slices = SliceApi(api, timeout=request_timeout)
-        self._debounce = debounce
-        self._backoff = Backoff(backoff_initial, backoff_max)
-        self._watch_backoff = Backoff(backoff_initial, backoff_max)
-        self._watch_timeout = watch_timeout
+        self._slices = SliceApi(api, timeout=config.request_timeout)
+        self._debounce = config.debounce
+        self._backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self._watch_backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self._watch_timeout = config.watch_timeout
         self.stats = PublisherStats()
         self._desired: tuple[Inventory, tuple[DeviceHealth, ...]] | None = None
         self._wake = asyncio.Event()
@@ -231,13 +142,8 @@ class SlicePublisher:
         self._retry_at = 0.0
         self._failures = 0
         self._watch_failures = 0
-        # The watch-fed cache of stored slices, by name.
-        self._actual: dict[str, dict[str, Any]] = {}
-        self._floor_rv: int | None = None  # events at or below the last full list are stale
-        self._tombstones: collections.deque[str] = collections.deque(maxlen=1024)
+        self._cache = SliceCache()
         self._need_relist = False
-        # name -> (fingerprint sent, fingerprint stored) where the server altered what we sent.
-        self._accepted: dict[str, tuple[str, str]] = {}
         self._reported_drops: set[frozenset[str]] = set()
         self._reported_problems: set[str] = set()
         self._rejected: str | None = None  # fingerprint of a desired pool the server refused
@@ -291,7 +197,7 @@ class SlicePublisher:
         return build_pool(
             inventory,
             health_taints(health, self._driver),
-            partitionable=self._settings.partitionable_devices,
+            partitionable=self._config.partitionable_devices,
         )
 
     # -- reconcile -----------------------------------------------------------------------
@@ -356,7 +262,7 @@ class SlicePublisher:
             if self._need_relist:
                 await self._relist()
             self.stats.reconciles += 1
-            actual = list(self._actual.values())
+            actual = self._cache.objects()
             plan = await asyncio.to_thread(
                 functools.partial(
                     plan_pool,
@@ -365,13 +271,12 @@ class SlicePublisher:
                     driver=self._driver,
                     node_name=self._node,
                     node_uid=self._node_uid,
-                    converged=dict(self._accepted),
+                    converged=dict(self._cache.accepted),
                     min_generation=self._generation,
                     fingerprints=self._fingerprints,
                 )
             )
-            live = {(_uid(o), _rv(o)) for o in self._actual.values()}
-            for key in set(self._fingerprints) - live:
+            for key in set(self._fingerprints) - self._cache.live_keys():
                 del self._fingerprints[key]
             if plan.writes == 0:
                 self._generation = max(self._generation, plan.generation)
@@ -397,10 +302,13 @@ class SlicePublisher:
         raise _Transient(f"not converged after {MAX_PASSES} passes of conflicts")
 
     async def _call(self, fn: Any, *args: Any) -> Any:
-        """One blocking API call in a worker thread; transport errors become _Transient."""
+        """One blocking API call in a worker thread; transport errors become _Transient.
+
+        404, 409, 410 and 422 stay ApiError: the caller decides what they mean.
+        """
         try:
             return await asyncio.to_thread(fn, *args)
-        except ApiException as e:
+        except ApiError as e:
             if e.status in (404, 409, 410, 422):
                 raise
             self.stats.errors += 1
@@ -408,35 +316,33 @@ class SlicePublisher:
                 log.error(
                     "the API server refused %s (%s): check the RBAC rules for resourceslices",
                     getattr(fn, "__name__", "a call"),
-                    _api_message(e),
+                    e.message,
                 )
-            raise _Transient(
-                f"HTTP {e.status}: {_api_message(e)}", _retry_after(e), e.status
-            ) from e
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            raise _Transient(str(e), e.retry_after, e.status) from e
+        except ApiUnreachable as e:
             self.stats.errors += 1
-            raise _Transient(f"{type(e).__name__}: {e}") from e
+            raise _Transient(str(e)) from e
 
     async def _apply(self, plan: Plan) -> str:
         """Run a plan's writes in order: "done", "conflict" (re-read) or "rejected"."""
         for obj in plan.deletes:
             try:
-                await self._call(self._slices.delete_slice, _name(obj), _uid(obj), _rv(obj))
-            except ApiException as e:
+                await self._call(self._slices.delete_slice, name_of(obj), uid_of(obj), rv_of(obj))
+            except ApiError as e:
                 if e.status != 409:
-                    raise _Transient(f"HTTP {e.status}: {_api_message(e)}") from e
+                    raise _Transient(str(e)) from e
                 self.stats.conflicts += 1
                 return "conflict"
-            self._forget(obj)
+            self._cache.forget(obj)
             self.stats.deletes += 1
             self.stats.writes += 1
         rejected = False
         for update in plan.updates:
             try:
                 stored = await self._call(self._slices.replace_slice, update.body)
-            except ApiException as e:
+            except ApiError as e:
                 if e.status == 422:
-                    self._report_rejected(_name(update.body), e)
+                    self._report_rejected(name_of(update.body), e)
                     rejected = True
                     continue
                 self.stats.conflicts += 1
@@ -447,7 +353,7 @@ class SlicePublisher:
         for obj in plan.creates:
             try:
                 stored = await self._call(self._slices.create_slice, obj)
-            except ApiException as e:
+            except ApiError as e:
                 if e.status == 422:
                     self._report_rejected(obj["metadata"].get("generateName", ""), e)
                     rejected = True
@@ -460,25 +366,25 @@ class SlicePublisher:
         self._generation = max(self._generation, plan.generation)
         return "rejected" if rejected else "done"
 
-    def _report_rejected(self, name: str, e: ApiException) -> None:
+    def _report_rejected(self, name: str, e: ApiError) -> None:
         self.stats.rejected += 1
         log.error(
             "BUG: the API server rejected ResourceSlice %s as invalid: %s. "
             "dra_driver/slices/validation.py should have caught this; this state will not "
             "be retried until the inventory or device health changes. Please report it.",
             name,
-            _api_message(e),
+            e.message,
         )
 
     def _record(self, sent: dict[str, Any], stored: dict[str, Any]) -> None:
         """Cache what the server stored; remember it if it is not what we sent."""
-        self._observe(stored)
-        name = _name(stored)
+        self._cache.observe(stored)
+        name = name_of(stored)
         sent_fp, stored_fp = fingerprint(sent["spec"]), fingerprint(stored.get("spec") or {})
         if sent_fp == stored_fp:
-            self._accepted.pop(name, None)
+            self._cache.accepted.pop(name, None)
             return
-        self._accepted[name] = (sent_fp, stored_fp)
+        self._cache.accepted[name] = (sent_fp, stored_fp)
         dropped = frozenset(
             _dropped_fields(
                 normalize_spec(sent["spec"]), normalize_spec(stored.get("spec") or {}), "spec"
@@ -513,52 +419,15 @@ class SlicePublisher:
                 self._node,
             )
             return
-        self._node_uid = _uid(node) or None
+        self._node_uid = uid_of(node) or None
 
     # -- the cache of stored slices ------------------------------------------------------
 
     async def _relist(self) -> None:
         items, rv = await self._call(self._slices.list_slices, self._selector)
         self.stats.relists += 1
-        self._replace_actual(items, rv)
+        self._cache.replace(items, rv)
         self._need_relist = False
-
-    def _replace_actual(self, items: list[dict[str, Any]], rv: str) -> None:
-        self._actual = {_name(o): o for o in items}
-        self._floor_rv = _rv_int(rv)
-        for name in set(self._accepted) - set(self._actual):
-            del self._accepted[name]
-
-    def _forget(self, obj: Mapping[str, Any]) -> None:
-        self._tombstones.append(_uid(obj))
-        cur = self._actual.get(_name(obj))
-        if cur is not None and _uid(cur) == _uid(obj):
-            del self._actual[_name(obj)]
-        self._accepted.pop(_name(obj), None)
-
-    def _observe(self, obj: dict[str, Any], deleted: bool = False) -> bool:
-        """Apply one stored state to the cache; True if it changed what we knew."""
-        name, uid, rv = _name(obj), _uid(obj), _rv_int(_rv(obj))
-        if rv is not None and self._floor_rv is not None and rv <= self._floor_rv:
-            return False  # older than a full list we already have
-        if uid in self._tombstones:
-            return False
-        cur = self._actual.get(name)
-        if deleted:
-            self._tombstones.append(uid)
-            if cur is not None and _uid(cur) == uid:
-                del self._actual[name]
-                self._accepted.pop(name, None)
-                return True
-            return False
-        if cur is not None and _uid(cur) == uid:
-            cur_rv = _rv_int(_rv(cur))
-            if rv is not None and cur_rv is not None and rv <= cur_rv:
-                return False
-            if rv is None and _rv(cur) == _rv(obj):
-                return False
-        self._actual[name] = obj
-        return True
 
     async def _watch_loop(self) -> None:
         """List, then watch from the list's resourceVersion; re-list on 410 Gone."""
@@ -569,7 +438,7 @@ class SlicePublisher:
                 if not rv:
                     items, rv = await self._call(self._slices.list_slices, self._selector)
                     self.stats.relists += 1
-                    self._replace_actual(items, rv)
+                    self._cache.replace(items, rv)
                     self._need_relist = False
                     self._synced.set()
                     self._poke()
@@ -588,15 +457,13 @@ class SlicePublisher:
                     rv = await self._consume(stream, rv)
                 finally:
                     stream.close()
-            except ApiException as e:
+            except ApiError as e:
                 if e.status == 410:
                     rv = ""
                     continue
-                await self._watch_failed(f"HTTP {e.status}: {_api_message(e)}")
-            except _Transient as e:
                 await self._watch_failed(str(e))
-            except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
-                await self._watch_failed(f"{type(e).__name__}: {e}")
+            except (_Transient, ApiUnreachable) as e:
+                await self._watch_failed(str(e))
             except Exception as e:
                 log.exception("BUG: watching ResourceSlices failed unexpectedly")
                 await self._watch_failed(f"unexpected {type(e).__name__}: {e}")
@@ -614,11 +481,11 @@ class SlicePublisher:
                 if obj.get("code") == 410:
                     return ""
                 raise _Transient(f"watch error: {obj.get('message')}")
-            rv = _rv(obj) or rv
+            rv = rv_of(obj) or rv
             if kind == "BOOKMARK":
                 continue
-            if self._observe(obj, deleted=kind == "DELETED"):
-                log.debug("ResourceSlice %s %s by someone else", _name(obj), str(kind).lower())
+            if self._cache.observe(obj, deleted=kind == "DELETED"):
+                log.debug("ResourceSlice %s %s by someone else", name_of(obj), str(kind).lower())
                 self._poke()
 
     async def _watch_failed(self, reason: str) -> None:

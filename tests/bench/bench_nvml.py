@@ -11,7 +11,7 @@ after round), so a shared machine's slow and fast spells weigh on every
 figure alike. cffi figures are shown warm (records of unchanged GPUs reused:
 the steady state of a running driver) and cold (every record rebuilt from the
 native structs: the first inventory, and what an inventory after a change
-costs at most). Target (DESIGN.md): the cffi inventory of 8 GPUs x 7 MIG
+costs at most). Target: the cffi inventory of 8 GPUs x 7 MIG
 devices at least 20x faster than nvidia-ml-py, cold. "crossings" counts
 Python-to-native transitions per job, "NVML calls" the library calls behind
 them.

@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 from dra_driver.inventory import Inventory
-from dra_driver.prepare.preparer import ClaimPreparer, MemoryClaimSource
+from dra_driver.prepare.options import PreparerConfig
+from dra_driver.prepare.preparer import ClaimPreparer
+from dra_driver.prepare.sources import MemoryClaimSource
 from dra_driver.prepare.types import ClaimRef
 from dra_driver.settings import Settings
 from dra_driver.testing.simhost import claim_object, claim_uid, make_inventory, populate_host
@@ -63,9 +65,10 @@ async def bench(rounds: int, tmpfs_cdi: bool) -> bool:
                 gpus.append(g.mig_devices[0].name)
         gpus = gpus[:8]
         host = populate_host(tmp / "host", inv)
-        settings = Settings(
-            node_name=NODE,
-            plugins_dir=tmp / "plugins",
+        settings = PreparerConfig(
+            driver_name="gpu.nvidia.com",
+            pool_name=NODE,
+            state_dir=tmp / "plugins" / "gpu.nvidia.com",
             cdi_root=cdi_tmp or tmp / "cdi",
             dev_root=host.dev_root,
             proc_root=host.proc_root,
@@ -75,7 +78,7 @@ async def bench(rounds: int, tmpfs_cdi: bool) -> bool:
         prep = ClaimPreparer(settings, lambda: inv, source, None, None)
         await prep.start()
         print(f"node: {what}; one device per GPU: {', '.join(gpus)}")
-        print(f"checkpoint: {settings.state_path}")
+        print(f"checkpoint: {settings.state_dir}")
         print(f"CDI root: {settings.cdi_root} ({'tmpfs' if tmpfs_cdi else 'same disk'})")
         n = 0
 

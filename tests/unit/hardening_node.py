@@ -10,9 +10,10 @@ from typing import Any
 
 from dra_driver.health.board import HealthBoard
 from dra_driver.inventory import Inventory
-from dra_driver.prepare.preparer import ClaimPreparer, ClaimSource, MemoryClaimSource
+from dra_driver.prepare.options import PreparerConfig
+from dra_driver.prepare.preparer import ClaimPreparer
+from dra_driver.prepare.sources import ClaimSource, MemoryClaimSource
 from dra_driver.prepare.types import ClaimRef
-from dra_driver.settings import Settings
 from dra_driver.testing.simhost import (
     SimHost,
     claim_object,
@@ -29,14 +30,14 @@ PREFIX = "k8s.gpu.nvidia.com-claim_"
 @dataclass
 class Node:
     host: SimHost
-    settings: Settings
+    settings: PreparerConfig
     inv: Inventory
     source: MemoryClaimSource
     board: HealthBoard
 
-    def preparer(self, source: ClaimSource | None = None, **kw: Any) -> ClaimPreparer:
+    def preparer(self, source: ClaimSource | None = None) -> ClaimPreparer:
         return ClaimPreparer(
-            self.settings, lambda: self.inv, source or self.source, self.board, None, **kw
+            self.settings, lambda: self.inv, source or self.source, self.board, None
         )
 
     def put(self, n: int, *results: dict[str, Any], **kw: Any) -> ClaimRef:
@@ -59,9 +60,10 @@ class Node:
 def make_node(tmp_path: Path, gpus: int = 4, mig_gpus: tuple[int, ...] = (3,)) -> Node:
     inv = make_inventory(gpus, mig_gpus)
     host = populate_host(tmp_path / "host", inv)
-    settings = Settings(
-        node_name=NODE,
-        plugins_dir=tmp_path / "plugins",
+    settings = PreparerConfig(
+        driver_name="gpu.nvidia.com",
+        pool_name=NODE,
+        state_dir=tmp_path / "plugins" / "gpu.nvidia.com",
         cdi_root=tmp_path / "cdi",
         dev_root=host.dev_root,
         proc_root=host.proc_root,

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from dra_driver import settings as settings_mod
 from dra_driver.health.board import DeviceHealth, Health, HealthBoard
 from dra_driver.health.monitor import MonitorStats, event_type_name
+from dra_driver.hostport import parse_host_port
 from dra_driver.inventory import Inventory
 from dra_driver.kubelet.dra import ClaimCalls
 from dra_driver.kubelet.proto import dra_v1_pb2 as v1
@@ -31,9 +32,11 @@ from dra_driver.nvml.types import (
     EVENT_SINGLE_BIT_ECC,
     EVENT_XID_CRITICAL,
 )
-from dra_driver.prepare.preparer import ClaimPreparer, MemoryClaimSource
+from dra_driver.prepare.options import PreparerConfig
+from dra_driver.prepare.preparer import ClaimPreparer
+from dra_driver.prepare.sources import MemoryClaimSource
 from dra_driver.prepare.types import ClaimRef, ErrorKind, PrepareResult, UnprepareResult
-from dra_driver.settings import Settings, parse_host_port
+from dra_driver.settings import Settings
 from dra_driver.testing.simhost import claim_object, claim_uid, make_inventory, populate_host
 
 DRIVER = "gpu.nvidia.com"
@@ -165,7 +168,7 @@ def test_no_created_series(metrics: Metrics) -> None:
 
 @dataclass
 class Host:
-    settings: Settings
+    settings: PreparerConfig
     inv: Inventory
     board: HealthBoard
     source: MemoryClaimSource = field(default_factory=MemoryClaimSource)
@@ -179,9 +182,10 @@ class Host:
 @pytest.fixture
 async def prepared(tmp_path: Path, inv: Inventory) -> AsyncIterator[tuple[Host, ClaimPreparer]]:
     simhost = populate_host(tmp_path / "host", inv)
-    settings = Settings(
-        node_name=NODE,
-        plugins_dir=tmp_path / "plugins",
+    settings = PreparerConfig(
+        driver_name=DRIVER,
+        pool_name=NODE,
+        state_dir=tmp_path / "plugins" / DRIVER,
         cdi_root=tmp_path / "cdi",
         dev_root=simhost.dev_root,
         proc_root=simhost.proc_root,

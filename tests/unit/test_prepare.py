@@ -25,9 +25,10 @@ from dra_driver.nvml.types import (
 )
 from dra_driver.prepare.checkpoint import ClaimRecord, ClaimState, DeviceRecord
 from dra_driver.prepare.locks import InstanceRegistry
-from dra_driver.prepare.preparer import ClaimPreparer, ClaimSourceError, MemoryClaimSource
+from dra_driver.prepare.options import PreparerConfig
+from dra_driver.prepare.preparer import ClaimPreparer
+from dra_driver.prepare.sources import ClaimSourceError, MemoryClaimSource
 from dra_driver.prepare.types import ClaimRef
-from dra_driver.settings import Settings
 from dra_driver.testing.simhost import (
     SimHost,
     claim_object,
@@ -79,7 +80,7 @@ class FakeNvml:
 @dataclass
 class Node:
     host: SimHost
-    settings: Settings
+    settings: PreparerConfig
     inv: Inventory
     source: MemoryClaimSource
     nvml: FakeNvml
@@ -108,9 +109,10 @@ class Node:
 def make_node(tmp_path: Path, gpus: int = 4, mig_gpus: tuple[int, ...] = (3,)) -> Node:
     inv = make_inventory(gpus, mig_gpus)
     host = populate_host(tmp_path / "host", inv)
-    settings = Settings(
-        node_name=NODE,
-        plugins_dir=tmp_path / "plugins",
+    settings = PreparerConfig(
+        driver_name="gpu.nvidia.com",
+        pool_name=NODE,
+        state_dir=tmp_path / "plugins" / "gpu.nvidia.com",
         cdi_root=tmp_path / "cdi",
         dev_root=host.dev_root,
         proc_root=host.proc_root,
@@ -429,7 +431,7 @@ async def test_start_rolls_back_dead_instances_and_sweeps_orphans(node: Node) ->
     await first.close()
 
     dead_uid, live_uid, orphan_uid = claim_uid(2), claim_uid(3), claim_uid(4)
-    peer = InstanceRegistry(node.settings.state_path / "instances", "livepeer")
+    peer = InstanceRegistry(node.settings.state_dir / "instances", "livepeer")
     peer.acquire()  # a live rolling-update peer owns one started claim
 
     def started(uid: str, device: str, instance: str) -> ClaimRecord:

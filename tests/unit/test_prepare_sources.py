@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dra_driver.k8s import load_api_client
-from dra_driver.prepare.preparer import (
+from dra_driver.prepare.sources import (
     ApiClaimSource,
     ClaimNotFound,
     ClaimSourceError,

@@ -1,0 +1,27 @@
+"""What the claim preparer needs to know about its host: names and directories.
+
+Frozen and owned here, so the preparer never reads process settings; the
+command line (dra_driver.settings) builds one of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CDI_ROOT = Path("/var/run/cdi")
+DEFAULT_WORKERS = 16
+
+
+@dataclass(frozen=True)
+class PreparerConfig:
+    """Where claims are recorded and specs written, and whose allocations are ours."""
+
+    driver_name: str
+    pool_name: str  # this node's pool: the node name
+    state_dir: Path  # the checkpoint and the instance registry
+    cdi_root: Path = DEFAULT_CDI_ROOT
+    dev_root: Path = Path("/")  # host root where /dev lives (tests use a temp tree)
+    proc_root: Path = Path("/proc")
+    driver_root: Path = Path("/")  # where the NVIDIA driver's files are on the host
+    workers: int = DEFAULT_WORKERS  # claims prepared in parallel
