@@ -271,6 +271,7 @@ class LoadReport:
     rebuilt_claims: int = 0
     boot_changed: bool = False
     dropped_claims: int = 0
+    sweep_failed: str = ""  # why the start-up sweep of CDI specs failed (retried later)
 
 
 Rebuild = Callable[[], dict[str, ClaimRecord]]
@@ -301,6 +302,7 @@ class CheckpointStore:
         self._queue_lock = threading.Lock()
         self._queue: list[_Op] = []
         self.writes = 0
+        self._loaded = False  # load() ran: from then on a missing file means it vanished
 
     # --- locking ---
     @contextmanager
@@ -356,6 +358,10 @@ class CheckpointStore:
         try:
             cp = self._read()
         except CorruptCheckpoint:
+            cp = None
+        if cp is None and (self._loaded or self._rebuild is None):
+            # Corrupted, or vanished since it was loaded (a wiped state dir): the
+            # locked load repairs it from the CDI specs before anyone trusts "empty".
             with self.locked():
                 return dict(self._load_locked(LoadReport()).claims)
         return dict(cp.claims) if cp is not None else {}
@@ -391,7 +397,19 @@ class CheckpointStore:
         except OSError as e:
             raise OSError(e.errno or errno.EIO, f"cannot read checkpoint {self.path}: {e}") from e
         if cp is None:
-            cp = Checkpoint(self.boot_id)
+            # No checkpoint is not "nothing prepared" when specs of ours are on disk
+            # (a wiped or lost state dir): rebuild from them, as after corruption.
+            claims = self._rebuild() if self._rebuild is not None else {}
+            if claims:
+                report.rebuilt_claims = len(claims)
+                report.corruption = "missing"
+                log.error(
+                    "CHECKPOINT MISSING: %s does not exist but %d CDI spec(s) of ours do; "
+                    "rebuilt their claims from the specs",
+                    self.path,
+                    len(claims),
+                )
+            cp = Checkpoint(self.boot_id, claims)
             self._write_locked(cp)
             return cp
         if self.boot_id and cp.boot_id != self.boot_id:
@@ -418,6 +436,7 @@ class CheckpointStore:
         with self.locked():
             self._files.sweep(lambda _owner: False)
             self._load_locked(report)
+            self._loaded = True
         return report
 
     # --- writing ---
