@@ -17,7 +17,7 @@ from dra_driver.nvml.cffi_backend import CffiBackend
 from dra_driver.testing import fakenvml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from nvml_baseline import Baseline, InProcessBaseline, build  # noqa: E402
+from nvml_baseline import Baseline, InProcessBaseline, build
 
 pytestmark = pytest.mark.timeout(120)
 
