@@ -368,9 +368,11 @@ class Node:
     faults: FaultInjector
 
 
-def make_nodes(cp: ControlPlane, n: int, root: Path, topology: str, hold: float) -> list[Node]:
+def make_nodes(
+    cp: ControlPlane, n: int, root: Path, topology: str, hold: float, nodes: list[Node]
+) -> None:
+    """Create the Node objects and start one plugin each, into nodes (so they are stopped)."""
     spec = load_topology(topology)
-    nodes = []
     for i in range(n):
         name = f"fleet-{i:04d}"
         cp.request(
@@ -387,7 +389,6 @@ def make_nodes(cp: ControlPlane, n: int, root: Path, topology: str, hold: float)
         )
         assert plugin.fault_log is not None
         nodes.append(Node(name, plugin, FaultInjector(spec, plugin.fault_log)))
-    return nodes
 
 
 def slices_by_node(cp: ControlPlane) -> dict[str, list[dict[str, Any]]]:
@@ -537,7 +538,7 @@ def run_fleet(n: int, args: argparse.Namespace, rng: random.Random) -> None:
         base = cp.metrics()
         cp.bench_requests.clear()
         t0 = time.monotonic()
-        nodes = make_nodes(cp, n, root, args.topology, args.hold)
+        make_nodes(cp, n, root, args.topology, args.hold, nodes)
         spawn = time.monotonic() - t0
         # how many slices one node publishes: wait for the first node, then for all
         first = nodes[0].name
@@ -609,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=12)
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
+    # SIGTERM (timeout(1), a CI job's cancel) unwinds like Ctrl-C: plugins and servers stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(
         f"kube-apiserver {find_binary('kube-apiserver')}, etcd {find_binary('etcd')}; "
         f"{os.cpu_count()} CPUs; {load()}"
