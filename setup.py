@@ -12,6 +12,13 @@ from setuptools import Extension, setup
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "native"))
 from nvml_headers import include_dir  # noqa: E402
+from toolchain import missing_toolchain  # noqa: E402
+
+if any(cmd in sys.argv for cmd in ("build_ext", "build", "bdist_wheel", "install", "develop",
+                                   "editable_wheel")):
+    problem = missing_toolchain()
+    if problem:
+        sys.exit(f"error: {problem}")
 
 fake_nvml = Extension(
     # Not a Python module: a plain shared library exporting the NVML C ABI,

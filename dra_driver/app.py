@@ -21,13 +21,18 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
+from . import __version__
 from .health.board import HealthBoard
 from .inventory import Inventory, build_inventory
-from .kubelet.options import PluginOptions
 from .kubelet.plugin import KubeletPlugin
-from .kubelet.sockets import SocketInUseError, SocketPathError, claim_path
+from .kubelet.sockets import (
+    SocketInUseError,
+    SocketPathError,
+    claim_path,
+    socket_path_problems,
+)
 from .prepare.types import Preparer
-from .settings import Settings, check_socket_paths
+from .settings import Settings
 from .sysfs import pcie_root_resolver
 
 if TYPE_CHECKING:  # heavy imports stay lazy: they cost startup time and memory
@@ -50,22 +55,22 @@ class StartupError(RuntimeError):
     """A start step failed in a way the operator must fix; the message says how."""
 
 
-def run(settings: Settings, options: PluginOptions | None = None) -> int:
+def run(settings: Settings) -> int:
     """Run the plugin until SIGTERM/SIGINT; returns the process exit code."""
-    problems = check_socket_paths(settings)
+    log.info("dra-driver %s starting on node %s", __version__, settings.node_name)
+    problems = socket_path_problems(settings.dra_socket, settings.registration_socket)
     if problems:
         for p in problems:
             log.error("%s; shorten --plugins-dir/--registry-dir or the driver name", p)
         return EXIT_USAGE
-    return asyncio.run(App(settings, options or PluginOptions()).main())
+    return asyncio.run(App(settings).main())
 
 
 class App:
     """Owns every long-lived component; tears down whatever was started."""
 
-    def __init__(self, settings: Settings, options: PluginOptions) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.options = options
         self.backend: NvmlBackend | None = None
         self.inventory: Inventory | None = None
         self.board: HealthBoard | None = None
@@ -145,7 +150,7 @@ class App:
                 monitor=self.monitor, preparer=self.preparer, publisher=self.publisher
             )
 
-        self.plugin = KubeletPlugin(s, preparer, self.board, self.options)
+        self.plugin = KubeletPlugin(s.plugin_config(), preparer, self.board, s.plugin_options())
         if self.metrics is not None:
             self.plugin.calls.observer = self.metrics
         try:
@@ -153,8 +158,9 @@ class App:
         except (SocketPathError, SocketInUseError, OSError) as e:
             raise StartupError(f"cannot serve the kubelet sockets: {e}") from e
         log.info(
-            "started: driver=%s node=%s nvml=%s devices=%d api-server=%s health=%s "
+            "started: version=%s driver=%s node=%s nvml=%s devices=%d api-server=%s health=%s "
             "dra-socket=%s registration-socket=%s",
+            __version__,
             s.driver_name,
             s.node_name,
             inventory.backend,
@@ -205,23 +211,13 @@ class App:
         self, backend: NvmlBackend, inventory: Inventory, board: HealthBoard
     ) -> None:
         """Events are registered before the sockets exist: no fault after "ready" is missed."""
-        from .health.monitor import HealthMonitor, MonitorConfig
-        from .health.policy import PolicyConfig
+        from .health.monitor import HealthMonitor
 
-        s = self.settings
-        config = MonitorConfig(
-            poll_interval=s.health_poll_interval,
-            policy=PolicyConfig(
-                hold_seconds=s.health_hold,
-                ignored_xids=frozenset(s.health_ignored_xids),
-                temperature_threshold_c=s.health_temperature_threshold,
-            ),
-        )
-        self.monitor = HealthMonitor(backend, inventory, board, config)
+        self.monitor = HealthMonitor(backend, inventory, board, self.settings.monitor_config())
         await self.monitor.start()
 
     def _api_client(self) -> ApiClient | None:
-        from .k8s import NoApiServerConfigError, load_api_client
+        from .k8s import ApiServerConfigError, NoApiServerConfigError, load_api_client
 
         try:
             return load_api_client(self.settings.kubeconfig)
@@ -232,6 +228,8 @@ class App:
                 e,
             )
             return None
+        except ApiServerConfigError as e:
+            raise StartupError(str(e)) from e
         except Exception as e:
             raise StartupError(f"cannot configure the API client: {e}") from e
 

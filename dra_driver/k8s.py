@@ -23,13 +23,28 @@ class NoApiServerConfigError(RuntimeError):
     """Neither a kubeconfig nor an in-cluster service account is available."""
 
 
+class ApiServerConfigError(RuntimeError):
+    """The kubeconfig (or the pod's service account) was given but cannot be used."""
+
+
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """Build an ApiClient from a kubeconfig path, or from the in-cluster environment."""
     cfg = client.Configuration()
     if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        paths = [p for p in kubeconfig.split(os.pathsep) if p]
+        if not any(os.path.isfile(p) for p in paths):
+            raise ApiServerConfigError(f"cannot use kubeconfig {kubeconfig}: no such file")
+        try:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        except Exception as e:  # missing file, bad YAML, no current context, bad certificate
+            raise ApiServerConfigError(f"cannot use kubeconfig {kubeconfig}: {_one_line(e)}") from e
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=cfg)
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except Exception as e:
+            raise ApiServerConfigError(
+                f"cannot use the pod's service account: {_one_line(e)}"
+            ) from e
     else:
         raise NoApiServerConfigError(
             "no API server: pass --kubeconfig (env KUBECONFIG) or run in a pod"
@@ -41,6 +56,13 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     api.user_agent = "dra-driver-gpu/0.1"
     log.debug("API server %s", cfg.host)
     return api
+
+
+def _one_line(e: BaseException) -> str:
+    """An error as one line: YAML and OS errors span several."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def request_timeout(seconds: float = 10.0) -> tuple[float, float]:

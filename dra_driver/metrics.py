@@ -42,9 +42,9 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .health.board import Health, HealthBoard
+from .hostport import parse_host_port
 from .inventory import DeviceType, Inventory
 from .prepare.types import ErrorKind
-from .settings import parse_host_port
 
 if TYPE_CHECKING:
     from .health.monitor import MonitorStats
@@ -480,4 +480,3 @@ class MetricsServer:
             self._thread.join()
             self._thread = None
         self._server.server_close()
-

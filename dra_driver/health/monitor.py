@@ -346,6 +346,13 @@ class HealthMonitor:
             )
             return None
         self.stats.polls += 1
+        answered = {s.uuid for s in samples if s.rc == SUCCESS}
+        self._board.mark_checked(
+            name
+            for g in self._inventory.gpus
+            if g.uuid in answered
+            for name in (g.name, *(d.name for d in g.mig_devices))
+        )
         try:
             self._apply(partial(self.policy.on_samples, samples, sampled_at))
         except Exception:  # a bug: log it, keep polling

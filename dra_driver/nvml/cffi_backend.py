@@ -36,6 +36,7 @@ from ._common import (
 from ._fastpath import ffi, lib
 from .errors import (
     ERROR_FUNCTION_NOT_FOUND,
+    ERROR_IN_USE,
     ERROR_INSUFFICIENT_SIZE,
     ERROR_INVALID_ARGUMENT,
     ERROR_LIBRARY_NOT_FOUND,
@@ -233,6 +234,8 @@ _HEALTH_LAYOUT = _layout(
         "link_width",
         "max_link_width_rc",
         "max_link_width",
+        "recovery_action_rc",
+        "recovery_action",
     ),
 )
 
@@ -663,6 +666,24 @@ class CffiBackend:
             self._health_memo = memo
             return samples
 
+    def health_sample_gpu(self, index: int) -> HealthSample:
+        """One GPU in one native call, with buffers of its own and no lock held across it."""
+        self._check_open()
+        gpu = next((g for g in self._known_gpus().gpus if g.index == index), None)
+        if gpu is None:
+            raise error_for(ERROR_INVALID_ARGUMENT, f"no GPU with NVML index {index}", self.name)
+        indices = ffi.new("unsigned int[1]", [index])
+        out = ffi.new("fp_health_t[1]")
+        rc = lib.fp_health(self._ctx, indices, 1, out)
+        if rc != SUCCESS:
+            raise error_for(rc, self._message(rc), "health_sample")
+        return _health_record(index, gpu.uuid, _HEALTH_LAYOUT.unpack(ffi.buffer(out)))
+
+    @property
+    def calls_in_flight(self) -> int:
+        """NVML calls inside the library right now (samples, compute mode, event waits)."""
+        return int(lib.fp_busy(self._ctx))
+
     # -- events ----------------------------------------------------------
 
     def register_events(self, mask: int = HEALTH_EVENT_MASK) -> list[EventRegistration]:
@@ -731,14 +752,21 @@ class CffiBackend:
         if rc != SUCCESS:
             raise error_for(rc, self._message(rc), _CALL_NAMES[failed[0]])
 
-    def close(self) -> None:
-        """Shut NVML down (waiting for an in-flight event wait to return). Idempotent."""
-        if self._closed:
-            return
+    def close(self, timeout: float | None = None) -> bool:
+        """Shut NVML down, waiting at most timeout s for calls in flight. Idempotent."""
         self._closed = True
-        rc = lib.fp_close(self._ctx)
+        timeout_ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        rc = lib.fp_close_timed(self._ctx, timeout_ms)
+        if rc == ERROR_IN_USE:
+            log.warning(
+                "NVML left initialised: %d call(s) still inside NVML after %s",
+                self.calls_in_flight,
+                "waiting" if timeout is None else f"{timeout:g}s",
+            )
+            return False
         if rc not in (SUCCESS, ERROR_UNINITIALIZED):
             log.warning("nvmlShutdown: %s (rc=%d)", self._message(rc), rc)
+        return True
 
 
 def _mig_records(tail: bytes, profile_names: dict[int, str]) -> list[MigRecord] | None:
@@ -852,10 +880,12 @@ def _health_record(index: int, uuid: str, fields: tuple[Any, ...]) -> HealthSamp
         link,
         link_max_rc,
         link_max,
+        recovery_rc,
+        recovery,
     ) = fields
     if handle_rc != lib.FP_NOT_CALLED:  # no cached handle: nothing was sampled
         missing = _new_tuple(Reading, (0, handle_rc))
-        return _new_sample(index, uuid, handle_rc, *([missing] * 11))
+        return _new_sample(index, uuid, handle_rc, *([missing] * 12))
     if remap_rc != SUCCESS:
         remap_c = remap_u = remap_pending = remap_failure = 0
     rc = SUCCESS
@@ -888,4 +918,5 @@ def _health_record(index: int, uuid: str, fields: tuple[Any, ...]) -> HealthSamp
         _new_tuple(Reading, (remap_failure, remap_rc)),
         _new_tuple(Reading, (link if link_rc == SUCCESS else 0, link_rc)),
         _new_tuple(Reading, (link_max if link_max_rc == SUCCESS else 0, link_max_rc)),
+        _new_tuple(Reading, (recovery if recovery_rc == SUCCESS else 0, recovery_rc)),
     )

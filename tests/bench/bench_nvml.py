@@ -21,7 +21,7 @@ every figure alike; each figure is the median (and p90) after a warm-up.
 cffi figures are shown warm (records of unchanged GPUs reused: the steady
 state of a running driver) and cold (every record rebuilt from the native
 structs: the first inventory, and what an inventory after a change costs at
-most). Targets (DESIGN.md): warm inventory and health sample within 1.5x of
+most). Targets: warm inventory and health sample within 1.5x of
 the baseline; cold inventory at least 20x faster than nvidia-ml-py, on every
 topology. "crossings" counts Python-to-native transitions per job, "NVML
 calls" the library calls behind them (the baseline's must equal the fast

@@ -17,7 +17,7 @@ in the state dir, each open(O_CREAT|O_TRUNC) + write + fsync + rename +
 directory fsync. "serial" does the two one after the other (what a simple
 implementation costs), "overlapped" in two threads at once (what a prepare
 that overlaps its two files, as ours does, could reach at best). Prepare
-p50/p99 are printed as multiples of the floor's p50/p99. Target (DESIGN.md):
+p50/p99 are printed as multiples of the floor's p50/p99. Target:
 one-GPU prepare p99 within 2x of the serial floor's p99.
 """
 

@@ -23,63 +23,21 @@ from dra_driver import cli
 from dra_driver.health.board import DeviceHealth, Health
 from dra_driver.inventory import Inventory, build_inventory
 from dra_driver.k8s import load_api_client
-from dra_driver.nvml.types import (
-    MIG_DISABLE,
-    MIG_ENABLE,
-    GpuRecord,
-    MigProfile,
-    MigRecord,
-    NvmlSnapshot,
-)
+from dra_driver.nvml.types import GpuRecord, MigProfile, NvmlSnapshot
 from dra_driver.slices.builder import build_pool
 from dra_driver.slices.options import PublisherConfig
 from dra_driver.slices.publisher import SlicePublisher
 from dra_driver.slices.taints import health_taints
 from dra_driver.testing.apiserver import RESOURCES, ApiServerDouble
+from dra_driver.testing.records import GiB, gpu_record, migs, snapshot
 
 DRIVER = "gpu.nvidia.com"
 NODE = "node-a"
-GiB = 1024**3
 FAST = {"debounce": 0.05, "backoff_initial": 0.05, "backoff_max": 0.5}
 
 
-def _mig(gpu: int, start: int, size: int) -> MigRecord:
-    name = {1: "1g.10gb", 2: "2g.20gb", 4: "3g.40gb"}[size]
-    pid = {1: 19, 2: 14, 4: 9}[size]
-    return MigRecord(
-        index=start,
-        uuid=f"MIG-{gpu:08x}-{start:04x}-4000-8000-{size:012x}",
-        gpu_instance_id=start + 1,
-        compute_instance_id=0,
-        gi_profile_id=pid,
-        profile_name=name,
-        placement_start=start,
-        placement_size=size,
-        multiprocessors=16 * size,
-        copy_engines=size,
-        decoders=size,
-        encoders=0,
-        jpeg_engines=size,
-        ofa_engines=0,
-        memory_bytes=size * 10 * GiB,
-    )
-
-
-def _gpu(index: int, migs: tuple[tuple[int, int], ...] = ()) -> GpuRecord:
-    return GpuRecord(
-        index=index,
-        minor=index,
-        uuid=f"GPU-{index:08x}-1111-4000-8000-000000000000",
-        name="NVIDIA H100 80GB HBM3",
-        brand=14,
-        architecture=9,
-        cuda_compute_capability=(9, 0),
-        memory_total_bytes=80 * GiB,
-        pci_bus_id=f"00000000:{0x18 + index:02X}:00.0",
-        mig_mode_current=MIG_ENABLE if migs else MIG_DISABLE,
-        mig_mode_pending=MIG_ENABLE if migs else MIG_DISABLE,
-        migs=tuple(_mig(index, s, n) for s, n in migs),
-    )
+def _gpu(index: int, layout: tuple[tuple[int, int], ...] = ()) -> GpuRecord:
+    return gpu_record(index, migs(index, layout))
 
 
 def node_inventory(
@@ -87,7 +45,7 @@ def node_inventory(
 ) -> Inventory:
     """GPU 0..mig_gpus-1 in MIG mode with layout, the rest whole."""
     records = tuple(_gpu(i, layout if i < mig_gpus else ()) for i in range(gpus))
-    return build_inventory(NvmlSnapshot("550.54.15", 12040, records))
+    return build_inventory(snapshot(*records))
 
 
 def unhealthy(device: str, reason: str) -> DeviceHealth:

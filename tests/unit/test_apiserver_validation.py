@@ -104,7 +104,11 @@ def test_qualified_name_forms_that_pass(create: Any) -> None:
         "attributes": {"_x": {"bool": True}, "Gpu.NVIDIA.com/productName": {"string": "H100"}},
         "capacity": {"resource.kubernetes.io/" + "m" * 32: {"value": "1"}},
     }
-    create(slice_body(devices=[dev]))
+    created = create(slice_body(devices=[dev]))
+    (stored,) = created["spec"]["devices"]
+    assert stored["attributes"] == dev["attributes"]
+    assert stored["capacity"] == dev["capacity"]
+    assert created["metadata"]["resourceVersion"]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -410,6 +413,70 @@ def test_invalid_topology_fails_init_with_reason_once(
     assert err.count("nvmlInit failed") == 1
     with pytest.raises(nvml.NVMLError_Uninitialized):
         nvml.nvmlDeviceGetCount()
+
+
+def test_json_syntax_error_names_the_spot_the_same_every_run(tmp_path: Path) -> None:
+    """The message is built from the parser's error pointer before the text is freed."""
+    path = tmp_path / "broken.json"
+    path.write_text('{"name": "x",\n  "gpus": [1, 2,,]\n}\n')
+    code = (
+        "from dra_driver.testing import fakenvml\n"
+        "nvml = fakenvml.load_into_pynvml()\n"
+        "try:\n"
+        "    nvml.nvmlInit()\n"
+        "except nvml.NVMLError_Unknown:\n"
+        "    pass\n"
+    )
+    env = {**os.environ, fakenvml.ENV_TOPOLOGY: str(path)}
+    env[fakenvml.ENV_FAULTS] = str(tmp_path / "faults.jsonl")
+    errs = [
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+        ).stderr
+        for _ in range(3)
+    ]
+    expected = (
+        f"fakenvml: nvmlInit failed: topology {path} is not valid JSON at line 2, "
+        "column 17 (near: ,] } )\n"
+    )
+    assert errs == [expected] * 3
+    path.write_text('{"name": "x"')
+    err = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    ).stderr
+    assert "at line 1, column 13 (near: end of file)" in err, err
+
+
+def test_library_is_found_in_an_installed_copy_that_a_source_tree_shadows(
+    tmp_path: Path,
+) -> None:
+    """`python -m ...fakenvml library` in a checkout (not built) after `pip install .`."""
+    import shutil
+
+    package = Path(fakenvml.__file__).resolve().parents[1]
+    source = tmp_path / "checkout"
+    shutil.copytree(package, source / "dra_driver", ignore=shutil.ignore_patterns("*.so"))
+    site = tmp_path / "site-packages" / "dra_driver" / "testing"
+    site.mkdir(parents=True)
+    built = site / Path(fakenvml.library_path()).name
+    shutil.copy(fakenvml.library_path(), built)
+
+    def library(pythonpath: str) -> subprocess.CompletedProcess[str]:
+        # -S: no site-packages, so no editable install of this checkout either.
+        return subprocess.run(
+            [sys.executable, "-S", "-m", "dra_driver.testing.fakenvml", "library"],
+            cwd=source,
+            env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": pythonpath},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    found = library(str(tmp_path / "site-packages"))
+    assert (found.returncode, found.stdout.strip()) == (0, str(built)), found.stderr
+    missing = library("")
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert "the fake NVML library is not built" in missing.stderr
 
 
 def test_python_helpers() -> None:

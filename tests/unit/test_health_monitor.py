@@ -34,22 +34,18 @@ from dra_driver.nvml.errors import (
 from dra_driver.nvml.types import (
     EVENT_XID_CRITICAL,
     HEALTH_EVENT_MASK,
-    MIG_DISABLE,
-    MIG_ENABLE,
     BackendInfo,
     EventRegistration,
-    GpuRecord,
     HealthSample,
-    MigRecord,
     NvmlEvent,
     NvmlSnapshot,
     Reading,
 )
 from dra_driver.testing import fakenvml
+from dra_driver.testing.records import gpu_record, mig_record, snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
-GiB = 1024**3
 FAST = MonitorConfig(poll_interval=0.05, wait_timeout_ms=100, error_backoff=0.01)
 
 
@@ -196,31 +192,13 @@ U0 = "GPU-00000000-1111-2222-3333-444444444444"
 U1 = "GPU-00000001-1111-2222-3333-444444444444"
 
 
-def _gpu(index: int, uuid: str, migs: tuple[MigRecord, ...] = ()) -> GpuRecord:
-    return GpuRecord(
-        index=index,
-        minor=index,
-        uuid=uuid,
-        name="NVIDIA H100 80GB HBM3",
-        brand=2,
-        architecture=9,
-        cuda_compute_capability=(9, 0),
-        memory_total_bytes=80 * GiB,
-        pci_bus_id=f"00000000:{0x17 + index:02x}:00.0",
-        mig_mode_current=MIG_ENABLE if migs else MIG_DISABLE,
-        mig_mode_pending=MIG_ENABLE if migs else MIG_DISABLE,
-        migs=migs,
-    )
-
-
-def _mig(index: int, gi: int, start: int) -> MigRecord:
-    return MigRecord(
-        index, f"MIG-{index}", gi, 0, 19, "1g.10gb", start, 1, 16, 1, 1, 0, 1, 0, 10 * GiB
-    )
-
-
-SNAPSHOT = NvmlSnapshot(
-    "550.54.15", 12040, (_gpu(0, U0, (_mig(0, 1, 0), _mig(1, 2, 1))), _gpu(1, U1))
+SNAPSHOT = snapshot(
+    gpu_record(
+        0,
+        (mig_record(0, gi=1, uuid="MIG-0"), mig_record(1, gi=2, uuid="MIG-1")),
+        uuid=U0,
+    ),
+    gpu_record(1, uuid=U1),
 )
 MIG_A, MIG_B = "gpu-0-mig-1g10gb-19-0", "gpu-0-mig-1g10gb-19-1"
 

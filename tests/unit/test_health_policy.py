@@ -36,17 +36,12 @@ from dra_driver.nvml.types import (
     EVENT_SINGLE_BIT_ECC,
     EVENT_XID_CRITICAL,
     INSTANCE_ID_ALL,
-    MIG_DISABLE,
-    MIG_ENABLE,
-    GpuRecord,
     HealthSample,
-    MigRecord,
     NvmlEvent,
-    NvmlSnapshot,
     Reading,
 )
+from dra_driver.testing.records import gpu_record, mig_record, snapshot
 
-GiB = 1024**3
 U0 = "GPU-00000000-1111-2222-3333-444444444444"
 U1 = "GPU-00000001-1111-2222-3333-444444444444"
 # GPU 0 is in MIG mode with three MIG devices; GPU 1 is a whole GPU.
@@ -58,50 +53,10 @@ GPU1 = "gpu-1"
 HOLD = 60.0
 
 
-def _mig(index: int, gi: int, profile_id: int, name: str, start: int, size: int) -> MigRecord:
-    return MigRecord(
-        index=index,
-        uuid=f"MIG-{index:08d}-aaaa-bbbb-cccc-dddddddddddd",
-        gpu_instance_id=gi,
-        compute_instance_id=0,
-        gi_profile_id=profile_id,
-        profile_name=name,
-        placement_start=start,
-        placement_size=size,
-        multiprocessors=16 * size,
-        copy_engines=size,
-        decoders=size,
-        encoders=0,
-        jpeg_engines=size,
-        ofa_engines=0,
-        memory_bytes=size * 10 * GiB,
-    )
-
-
-def _gpu(index: int, uuid: str, migs: tuple[MigRecord, ...] = ()) -> GpuRecord:
-    return GpuRecord(
-        index=index,
-        minor=index,
-        uuid=uuid,
-        name="NVIDIA H100 80GB HBM3",
-        brand=2,
-        architecture=9,
-        cuda_compute_capability=(9, 0),
-        memory_total_bytes=80 * GiB,
-        pci_bus_id=f"00000000:{0x17 + index:02x}:00.0",
-        mig_mode_current=MIG_ENABLE if migs else MIG_DISABLE,
-        mig_mode_pending=MIG_ENABLE if migs else MIG_DISABLE,
-        migs=migs,
-    )
-
-
 def inventory() -> Inventory:
-    migs = (
-        _mig(0, 1, 19, "1g.10gb", 0, 1),
-        _mig(1, 2, 19, "1g.10gb", 1, 1),
-        _mig(2, 3, 14, "2g.20gb", 2, 2),
-    )
-    snap = NvmlSnapshot("550.54.15", 12040, (_gpu(0, U0, migs), _gpu(1, U1)))
+    # GPU 0: 1g.10gb at 0 and 1 (GIs 1, 2), 2g.20gb at 2 (GI 3).
+    mig_devices = (mig_record(0), mig_record(1), mig_record(2, 2))
+    snap = snapshot(gpu_record(0, mig_devices, uuid=U0), gpu_record(1, uuid=U1))
     return build_inventory(snap, "test")
 
 

@@ -18,55 +18,10 @@ from dra_driver.inventory import (
     normalize_pci_bus_id,
     to_semver,
 )
-from dra_driver.nvml.types import (
-    MIG_DISABLE,
-    MIG_ENABLE,
-    DeviceError,
-    GpuRecord,
-    MigRecord,
-    NvmlSnapshot,
-)
+from dra_driver.nvml.types import MIG_ENABLE, DeviceError, NvmlSnapshot
+from dra_driver.testing.records import GiB, gpu_record, mig_record
 
-GiB = 1024**3
-
-
-def _mig(index: int, gi: int, profile_id: int, name: str, start: int, size: int) -> MigRecord:
-    return MigRecord(
-        index=index,
-        uuid=f"MIG-0000000{index}-aaaa-bbbb-cccc-00000000000{gi}",
-        gpu_instance_id=gi,
-        compute_instance_id=0,
-        gi_profile_id=profile_id,
-        profile_name=name,
-        placement_start=start,
-        placement_size=size,
-        multiprocessors=16 * size,
-        copy_engines=size,
-        decoders=size,
-        encoders=0,
-        jpeg_engines=size,
-        ofa_engines=0,
-        memory_bytes=size * 10 * GiB,
-    )
-
-
-def _gpu(
-    index: int, minor: int, bus: str, mig: bool = False, migs: tuple[MigRecord, ...] = ()
-) -> GpuRecord:
-    return GpuRecord(
-        index=index,
-        minor=minor,
-        uuid=f"GPU-{index:08d}-1111-2222-3333-444444444444",
-        name="NVIDIA H100 80GB HBM3",
-        brand=2,
-        architecture=9,
-        cuda_compute_capability=(9, 0),
-        memory_total_bytes=80 * GiB,
-        pci_bus_id=bus,
-        mig_mode_current=MIG_ENABLE if mig else MIG_DISABLE,
-        mig_mode_pending=MIG_ENABLE if mig else MIG_DISABLE,
-        migs=migs,
-    )
+BRAND_TESLA = 2  # NVML_BRAND_TESLA
 
 
 def _snapshot(**kw: object) -> NvmlSnapshot:
@@ -74,13 +29,14 @@ def _snapshot(**kw: object) -> NvmlSnapshot:
         driver_version="535.104.05",
         cuda_driver_version=12020,
         gpus=(
-            _gpu(1, 5, "00000000:2A:00.0"),
-            _gpu(
+            gpu_record(1, minor=5, bus="00000000:2A:00.0", brand=BRAND_TESLA),
+            gpu_record(
                 0,
-                3,
-                "00000000:18:00.0",
-                mig=True,
-                migs=(_mig(1, 2, 14, "2g.20gb", 4, 2), _mig(0, 1, 19, "1g.10gb", 0, 1)),
+                # Out of index order: the inventory orders them itself.
+                (mig_record(4, 2, index=1, gi=2), mig_record(0, 1, index=0, gi=1)),
+                minor=3,
+                bus="00000000:18:00.0",
+                brand=BRAND_TESLA,
             ),
         ),
     )

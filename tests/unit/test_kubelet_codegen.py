@@ -33,6 +33,7 @@ def test_wire_names_match_the_kubelet() -> None:
     from dra_driver.kubelet.proto import (
         dra_v1_pb2,
         dra_v1beta1_pb2,
+        drahealth_v1_pb2,
         drahealth_v1alpha1_pb2,
         pluginregistration_v1_pb2,
     )
@@ -42,6 +43,7 @@ def test_wire_names_match_the_kubelet() -> None:
         dra_v1_pb2: "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin",
         dra_v1beta1_pb2: "k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin",
         drahealth_v1alpha1_pb2: "v1alpha1.DRAResourceHealth",
+        drahealth_v1_pb2: "v1.DRAResourceHealth",
     }
     for module, full_name in services.items():
         (service,) = module.DESCRIPTOR.services_by_name.values()
@@ -49,11 +51,32 @@ def test_wire_names_match_the_kubelet() -> None:
     fields = {f.name: (f.number, f.type) for f in dra_v1_pb2.Device.DESCRIPTOR.fields}
     assert fields["share_id"][0] == 5
     assert "share_id" not in dra_v1beta1_pb2.Device.DESCRIPTOR.fields_by_name
-    health = drahealth_v1alpha1_pb2.DeviceHealth.DESCRIPTOR.fields_by_name
-    assert {n: health[n].number for n in health} == {
-        "device": 1,
-        "health": 2,
-        "last_updated_time": 3,
-        "health_check_timeout_seconds": 4,
-        "message": 5,
-    }
+    for health_pb in (drahealth_v1alpha1_pb2, drahealth_v1_pb2):
+        health = health_pb.DeviceHealth.DESCRIPTOR.fields_by_name
+        assert {n: (health[n].number, health[n].type) for n in health} == {
+            "device": (1, health["device"].TYPE_MESSAGE),
+            "health": (2, health["health"].TYPE_ENUM),
+            "last_updated_time": (3, health["last_updated_time"].TYPE_INT64),
+            "health_check_timeout_seconds": (4, health["last_updated_time"].TYPE_INT64),
+            "message": (5, health["message"].TYPE_STRING),
+        }
+        assert {v.name: v.number for v in health_pb.HealthStatus.DESCRIPTOR.values} == {
+            "UNKNOWN": 0,
+            "HEALTHY": 1,
+            "UNHEALTHY": 2,
+        }
+    # The same bytes decode as either version: the wire is identical.
+    alpha = drahealth_v1alpha1_pb2.NodeWatchResourcesResponse(
+        devices=[
+            drahealth_v1alpha1_pb2.DeviceHealth(
+                device=drahealth_v1alpha1_pb2.DeviceIdentifier(pool_name="p", device_name="d"),
+                health=drahealth_v1alpha1_pb2.UNHEALTHY,
+                last_updated_time=7,
+                health_check_timeout_seconds=30,
+                message="m",
+            )
+        ]
+    )
+    v1 = drahealth_v1_pb2.NodeWatchResourcesResponse.FromString(alpha.SerializeToString())
+    assert v1.SerializeToString() == alpha.SerializeToString()
+    assert v1.devices[0].device.device_name == "d" and v1.devices[0].message == "m"

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from dra_driver.health.board import HealthBoard
-from dra_driver.kubelet.options import PluginOptions
+from dra_driver.kubelet.options import PluginConfig, PluginOptions
 from dra_driver.kubelet.plugin import KubeletPlugin
 from dra_driver.kubelet.sockets import SocketInUseError, SocketPathError
 from dra_driver.prepare.types import ClaimRef, PrepareResult, UnprepareResult
-from dra_driver.settings import Settings
 from dra_driver.testing.kubelet import (
     DraClient,
     RegistrationClient,
@@ -52,8 +51,8 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def make_settings(root: Path, health: bool = True) -> Settings:
-    return Settings(
+def make_settings(root: Path, health: bool = True) -> PluginConfig:
+    return PluginConfig(
         driver_name="gpu.nvidia.com",
         node_name="node-a",
         plugins_dir=root / "plugins",
@@ -63,19 +62,21 @@ def make_settings(root: Path, health: bool = True) -> Settings:
 
 
 @pytest.fixture
-def settings(short_dir: Path) -> Settings:
+def settings(short_dir: Path) -> PluginConfig:
     return make_settings(short_dir)
 
 
 @pytest.fixture
-async def plugin(settings: Settings) -> AsyncIterator[KubeletPlugin]:
+async def plugin(settings: PluginConfig) -> AsyncIterator[KubeletPlugin]:
     p = KubeletPlugin(settings, NullPreparer(), HealthBoard(["gpu-0"]), FAST)
     await p.start()
     yield p
     await p.stop()
 
 
-async def test_get_info_and_kubelet_validation(plugin: KubeletPlugin, settings: Settings) -> None:
+async def test_get_info_and_kubelet_validation(
+    plugin: KubeletPlugin, settings: PluginConfig
+) -> None:
     sock = await wait_for_socket(settings.registry_dir, timeout=1)
     assert sock == settings.registration_socket
     async with RegistrationClient(sock) as client:
@@ -88,6 +89,7 @@ async def test_get_info_and_kubelet_validation(plugin: KubeletPlugin, settings: 
     assert list(info.supported_versions) == [
         "v1.DRAPlugin",
         "v1beta1.DRAPlugin",
+        "v1.DRAResourceHealth",
         "v1alpha1.DRAResourceHealth",
     ]
     reg = await register(sock)
@@ -120,7 +122,7 @@ def test_kubelet_service_selection() -> None:
 
 
 async def test_deleted_registration_socket_is_recreated(
-    plugin: KubeletPlugin, settings: Settings
+    plugin: KubeletPlugin, settings: PluginConfig
 ) -> None:
     old = file_id(settings.registration_socket)
     os.unlink(settings.registration_socket)
@@ -131,7 +133,7 @@ async def test_deleted_registration_socket_is_recreated(
 
 
 async def test_deleted_dra_socket_is_recreated_and_serves(
-    plugin: KubeletPlugin, settings: Settings
+    plugin: KubeletPlugin, settings: PluginConfig
 ) -> None:
     os.unlink(settings.dra_socket)
     loop = asyncio.get_running_loop()
@@ -145,7 +147,7 @@ async def test_deleted_dra_socket_is_recreated_and_serves(
 
 
 async def test_refused_registration_recreates_socket_with_backoff(
-    plugin: KubeletPlugin, settings: Settings
+    plugin: KubeletPlugin, settings: PluginConfig
 ) -> None:
     sock = settings.registration_socket
     for _ in range(3):  # 0.1 s, 0.2 s, 0.4 s (capped)
@@ -160,7 +162,7 @@ async def test_refused_registration_recreates_socket_with_backoff(
     assert plugin._backoff == pytest.approx(0.1)  # reset by a successful registration
 
 
-async def test_stale_socket_is_replaced(settings: Settings) -> None:
+async def test_stale_socket_is_replaced(settings: PluginConfig) -> None:
     settings.registry_dir.mkdir(parents=True)
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(settings.registration_socket))
@@ -174,7 +176,7 @@ async def test_stale_socket_is_replaced(settings: Settings) -> None:
     assert not settings.registration_socket.exists()
 
 
-async def test_live_socket_of_another_instance_is_refused(settings: Settings) -> None:
+async def test_live_socket_of_another_instance_is_refused(settings: PluginConfig) -> None:
     first = KubeletPlugin(settings, NullPreparer(), None, FAST)
     await first.start()
     try:
@@ -186,7 +188,7 @@ async def test_live_socket_of_another_instance_is_refused(settings: Settings) ->
         await first.stop()
 
 
-async def test_regular_file_at_socket_path_is_refused(settings: Settings) -> None:
+async def test_regular_file_at_socket_path_is_refused(settings: PluginConfig) -> None:
     settings.registry_dir.mkdir(parents=True)
     settings.registration_socket.write_text("not a socket")
     p = KubeletPlugin(settings, NullPreparer(), None, FAST)
@@ -196,7 +198,7 @@ async def test_regular_file_at_socket_path_is_refused(settings: Settings) -> Non
     assert not settings.dra_socket.exists()  # the DRA server was rolled back
 
 
-async def test_stop_removes_only_our_sockets(settings: Settings) -> None:
+async def test_stop_removes_only_our_sockets(settings: PluginConfig) -> None:
     p = KubeletPlugin(settings, NullPreparer(), HealthBoard(["gpu-0"]), FAST)
     await p.start()
     assert settings.dra_socket.exists() and settings.registration_socket.exists()
@@ -215,7 +217,9 @@ async def test_stop_removes_only_our_sockets(settings: Settings) -> None:
         foreign.close()
 
 
-async def test_stop_ends_health_streams_promptly(plugin: KubeletPlugin, settings: Settings) -> None:
+async def test_stop_ends_health_streams_promptly(
+    plugin: KubeletPlugin, settings: PluginConfig
+) -> None:
     async with DraClient(settings.dra_socket) as dra:
         stream = dra.watch_health()
         await anext(stream)

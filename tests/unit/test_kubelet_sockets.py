@@ -43,7 +43,11 @@ def sock_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_claim_path_missing_is_fine(sock_dir: Path) -> None:
-    claim_path(sock_dir / "a.sock")
+    path = sock_dir / "a.sock"
+    claim_path(path)  # nothing there: nothing to refuse, nothing created
+    assert list(sock_dir.iterdir()) == []
+    bound(path, listen=True).close()  # and the path is free to bind
+    assert path.is_socket()
 
 
 def test_claim_path_removes_stale_socket(sock_dir: Path) -> None:

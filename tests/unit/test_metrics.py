@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from dra_driver import settings as settings_mod
 from dra_driver.health.board import DeviceHealth, Health, HealthBoard
 from dra_driver.health.monitor import MonitorStats, event_type_name
+from dra_driver.hostport import parse_host_port
 from dra_driver.inventory import Inventory
 from dra_driver.kubelet.dra import ClaimCalls
 from dra_driver.kubelet.proto import dra_v1_pb2 as v1
@@ -35,7 +36,7 @@ from dra_driver.prepare.options import PreparerConfig
 from dra_driver.prepare.preparer import ClaimPreparer
 from dra_driver.prepare.sources import MemoryClaimSource
 from dra_driver.prepare.types import ClaimRef, ErrorKind, PrepareResult, UnprepareResult
-from dra_driver.settings import Settings, parse_host_port
+from dra_driver.settings import Settings
 from dra_driver.testing.simhost import claim_object, claim_uid, make_inventory, populate_host
 
 DRIVER = "gpu.nvidia.com"

@@ -497,12 +497,27 @@ def test_wait_before_registration_is_a_clear_error(
 
 def test_set_compute_mode(node: Opener, backends: Callable[[], dict[str, NvmlBackend]]) -> None:
     fake = node("small")
+    uuid = fake.spec.gpus[1].uuid
+
+    def compute_mode() -> int:
+        """Read back through pynvml, an independent client of the same library state."""
+        nvml = fakenvml.load_into_pynvml()
+        nvml.nvmlInit()
+        try:
+            mode: int = nvml.nvmlDeviceGetComputeMode(nvml.nvmlDeviceGetHandleByUUID(uuid))
+            return mode
+        finally:
+            nvml.nvmlShutdown()
+
     pair = backends()
-    for backend in pair.values():
-        backend.set_compute_mode(fake.spec.gpus[1].uuid, 3)  # EXCLUSIVE_PROCESS
+    # EXCLUSIVE_PROCESS, then PROHIBITED: each backend's own write is what reads back.
+    for backend, mode in zip(pair.values(), (3, 2), strict=True):
+        backend.set_compute_mode(uuid, mode)
+        assert compute_mode() == mode, backend.name
         with pytest.raises(NvmlError) as info:
             backend.set_compute_mode("GPU-00000000-0000-0000-0000-000000000000", 0)
         assert info.value.call == "nvmlDeviceGetHandleByUUID"
+        assert compute_mode() == mode
 
 
 def test_backend_info(node: Opener, library: str) -> None:

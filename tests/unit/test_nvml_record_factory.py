@@ -26,7 +26,7 @@ def test_same_as_the_dataclass_constructor() -> None:
 
 def test_every_record_class_it_serves_round_trips() -> None:
     r = Reading(1)
-    sample = (0, "GPU-x", 0, r, r, r, r, r, r, r, r, r, r, r)
+    sample = (0, "GPU-x", 0, r, r, r, r, r, r, r, r, r, r, r, r)
     assert record_factory(HealthSample)(*sample) == HealthSample(*sample)
     snap = ("550.54.15", 12040, (), (DeviceError(0, 15, "lost"),))
     assert record_factory(NvmlSnapshot)(*snap) == NvmlSnapshot(*snap)

@@ -11,6 +11,7 @@ import pytest
 
 from dra_driver import settings as settings_mod
 from dra_driver.health.board import DeviceHealth, Health, HealthBoard
+from dra_driver.kubelet.sockets import socket_path_problems
 
 
 def _parse(argv: list[str]) -> settings_mod.Settings:
@@ -42,9 +43,10 @@ def test_env_then_flag_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_overlong_socket_paths_are_reported(tmp_path: Path) -> None:
     s = _parse(["--plugins-dir", str(tmp_path / ("x" * 120))])
-    problems = settings_mod.check_socket_paths(s)
+    problems = socket_path_problems(s.dra_socket, s.registration_socket)
     assert len(problems) == 1 and "dra.sock" in problems[0]
-    assert settings_mod.check_socket_paths(_parse(["--plugins-dir", str(tmp_path)])) == []
+    fine = _parse(["--plugins-dir", str(tmp_path)])
+    assert socket_path_problems(fine.dra_socket, fine.registration_socket) == []
 
 
 async def test_board_wakes_waiters_from_other_threads() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from dra_driver.health.board import DeviceHealth, Health
 from dra_driver.inventory import Inventory, Version, build_inventory
-from dra_driver.nvml.types import MIG_DISABLE, MIG_ENABLE, GpuRecord, MigProfile, MigRecord
+from dra_driver.nvml.types import MIG_DISABLE, GpuRecord, MigProfile
 from dra_driver.nvml.types import NvmlSnapshot as Snapshot
 from dra_driver.slices import validation
 from dra_driver.slices.builder import (
@@ -21,69 +21,17 @@ from dra_driver.slices.builder import (
 )
 from dra_driver.slices.quantity import QuantityError, format_quantity, parse_quantity
 from dra_driver.slices.taints import health_taints, taint_value
+from dra_driver.testing.records import H100_PROFILES, GiB, gpu_record, mig_record
 
 MiB = 1024**2
-GiB = 1024**3
-
-
-def profile(pid: int, name: str, size: int, placements: tuple[int, ...]) -> MigProfile:
-    return MigProfile(
-        profile_id=pid,
-        name=name,
-        slice_count=size,
-        memory_bytes=size * 10 * GiB,
-        multiprocessors=16 * size,
-        copy_engines=size,
-        decoders=size,
-        encoders=0,
-        jpeg_engines=size,
-        ofa_engines=1 if size == 7 else 0,
-        placements=tuple((p, size) for p in placements),
-    )
-
-
-H100_PROFILES = (
-    profile(19, "1g.10gb", 1, tuple(range(7))),
-    profile(14, "2g.20gb", 2, (0, 2, 4)),
-    profile(9, "3g.40gb", 4, (0, 4)),
-    profile(0, "7g.80gb", 8, (0,)),
-)
-
-
-def mig(gpu: int, i: int) -> MigRecord:
-    return MigRecord(
-        index=i,
-        uuid=f"MIG-{gpu:04d}{i:04d}-aaaa-bbbb-cccc-dddddddddddd",
-        gpu_instance_id=i + 1,
-        compute_instance_id=0,
-        gi_profile_id=19,
-        profile_name="1g.10gb",
-        placement_start=i,
-        placement_size=1,
-        multiprocessors=16,
-        copy_engines=1,
-        decoders=1,
-        encoders=0,
-        jpeg_engines=1,
-        ofa_engines=0,
-        memory_bytes=10 * GiB,
-    )
 
 
 def gpu(index: int, migs: int = 0, profiles: tuple[MigProfile, ...] = H100_PROFILES) -> GpuRecord:
-    return GpuRecord(
-        index=index,
-        minor=index,
-        uuid=f"GPU-{index:08d}-1111-2222-3333-444444444444",
-        name="NVIDIA H100 80GB HBM3",
-        brand=14,
-        architecture=9,
-        cuda_compute_capability=(9, 0),
-        memory_total_bytes=80 * GiB,
-        pci_bus_id=f"00000000:{0x10 + index:02X}:00.0",
-        mig_mode_current=MIG_ENABLE if migs else MIG_DISABLE,
-        mig_mode_pending=MIG_ENABLE if migs else MIG_DISABLE,
-        migs=tuple(mig(index, i) for i in range(migs)),
+    """GPU `index` with `migs` 1g.10gb MIG devices at placements 0..migs-1."""
+    return gpu_record(
+        index,
+        (mig_record(i, gpu=index) for i in range(migs)),
+        bus=f"00000000:{0x10 + index:02X}:00.0",
         mig_profiles=profiles,
     )
 

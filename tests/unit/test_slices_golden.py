@@ -19,17 +19,18 @@ from kubernetes import client
 from dra_driver import cli
 from dra_driver.inventory import Inventory, build_inventory
 from dra_driver.nvml import open_backend
-from dra_driver.nvml.types import MIG_ENABLE, GpuRecord, MigProfile, MigRecord, NvmlSnapshot
+from dra_driver.nvml.types import NvmlSnapshot
 from dra_driver.slices import validation
 from dra_driver.slices.builder import build_slices
 from dra_driver.testing.fakenvml import library_path
+from dra_driver.testing.records import gpu_record, mig_profile, mig_record, snapshot
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 DRIVER = "gpu.nvidia.com"
 NODE = "node-a"
 NODE_UID = "0f3c6a52-5d1e-4d43-9a55-7a3c1b2f9e01"
-GiB = 1024**3
+MiB = 1024**2
 
 FAKE_CASES = [
     ("dgx-h100", False, "slices-dgx-h100"),
@@ -53,49 +54,29 @@ def fake_inventory(
 
 def synthetic_16x7() -> NvmlSnapshot:
     """16 H100s in MIG mode with seven 1g.10gb devices each: 112 devices, two slices."""
-    one_g = MigProfile(
-        19, "1g.10gb", 1, 10 * GiB, 16, 1, 1, 0, 1, 0, tuple((i, 1) for i in range(7))
-    )
-    gpus = []
-    for g in range(16):
-        migs = tuple(
-            MigRecord(
-                index=i,
-                uuid=f"MIG-{g:08x}-{i:04x}-4000-8000-{g * 16 + i:012x}",
-                gpu_instance_id=7 + i,
-                compute_instance_id=0,
-                gi_profile_id=19,
-                profile_name="1g.10gb",
-                placement_start=i,
-                placement_size=1,
-                multiprocessors=16,
-                copy_engines=1,
-                decoders=1,
-                encoders=0,
-                jpeg_engines=1,
-                ofa_engines=0,
-                memory_bytes=9984 * 1024 * 1024,
-            )
-            for i in range(7)
-        )
-        gpus.append(
-            GpuRecord(
-                index=g,
-                minor=g,
+    one_g = mig_profile(19, "1g.10gb", 1, range(7))
+    return snapshot(
+        *(
+            gpu_record(
+                g,
+                (
+                    mig_record(
+                        i,
+                        gpu=g,
+                        gi=7 + i,
+                        uuid=f"MIG-{g:08x}-{i:04x}-4000-8000-{g * 16 + i:012x}",
+                        memory_bytes=9984 * MiB,
+                    )
+                    for i in range(7)
+                ),
                 uuid=f"GPU-{g:08x}-1111-4000-8000-00000000{g:04x}",
-                name="NVIDIA H100 80GB HBM3",
-                brand=14,
-                architecture=9,
-                cuda_compute_capability=(9, 0),
-                memory_total_bytes=81559 * 1024 * 1024,
-                pci_bus_id=f"00000000:{0x18 + g * 8:02X}:00.0",
-                mig_mode_current=MIG_ENABLE,
-                mig_mode_pending=MIG_ENABLE,
-                migs=migs,
+                bus=f"00000000:{0x18 + g * 8:02X}:00.0",
+                memory_total_bytes=81559 * MiB,
                 mig_profiles=(one_g,),
             )
+            for g in range(16)
         )
-    return NvmlSnapshot(driver_version="550.54.15", cuda_driver_version=12040, gpus=tuple(gpus))
+    )
 
 
 def golden_text(value: Any, depth: int = 0) -> str:
