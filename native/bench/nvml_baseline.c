@@ -71,7 +71,8 @@
     X(nvmlDeviceGetRetiredPagesPendingStatus)          \
     X(nvmlDeviceGetRemappedRows)                       \
     X(nvmlDeviceGetCurrPcieLinkWidth)                  \
-    X(nvmlDeviceGetMaxPcieLinkWidth)
+    X(nvmlDeviceGetMaxPcieLinkWidth)                   \
+    X(nvmlDeviceGetFieldValues)
 
 static struct {
 #define MEMBER(name) __typeof__(&name) name;
@@ -214,6 +215,7 @@ static void health(void)
     for (i = 0; i < gpu_count; i++) {
         nvmlDevice_t dev = handles[i];
         nvmlEnableState_t retired;
+        nvmlFieldValue_t fv;
         unsigned long long reasons, ecc;
         unsigned int temp, corr, unc, pend, fail, width;
 
@@ -231,6 +233,9 @@ static void health(void)
         NV(nvmlDeviceGetRemappedRows, dev, &corr, &unc, &pend, &fail);
         NV(nvmlDeviceGetCurrPcieLinkWidth, dev, &width);
         NV(nvmlDeviceGetMaxPcieLinkWidth, dev, &width);
+        memset(&fv, 0, sizeof(fv));
+        fv.fieldId = NVML_FI_DEV_GET_GPU_RECOVERY_ACTION;
+        NV(nvmlDeviceGetFieldValues, dev, 1, &fv);
     }
 }
 
