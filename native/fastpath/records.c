@@ -13,6 +13,7 @@
  *     head and of every GPU with a private copy of the last converted
  *     inventory (memcmp, no objects), updates the copy, and answers which
  *     parts changed: the warm path costs one call and no allocation.
+ *   same(current, previous, n) does the same for a health sample's bytes.
  *   gpu(inventory, i, built) builds GPU i's GpuRecord, MigRecords and
  *     MigProfiles straight from the struct, for the common case of a GPU that
  *     read cleanly; it answers None for anything that produces a DeviceError
@@ -199,6 +200,46 @@ static PyObject *records_diff(PyObject *self, PyObject *const *args, Py_ssize_t 
         Py_DECREF(bits);
         return out;
     }
+}
+
+/*
+ * same(current, previous, n) -> bool
+ *
+ * Whether the first n bytes of current equal those of previous (a writable
+ * buffer), which is brought up to date when they do not: the health sample's
+ * "nothing changed" test, without a bytes object per GPU.
+ */
+static PyObject *records_same(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer cur, prev;
+    Py_ssize_t n;
+    int equal;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "same(current, previous, n)");
+        return NULL;
+    }
+    n = PyLong_AsSsize_t(args[2]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &cur, PyBUF_SIMPLE) != 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &prev, PyBUF_WRITABLE) != 0) {
+        PyBuffer_Release(&cur);
+        return NULL;
+    }
+    if (n < 0 || n > cur.len || n > prev.len) {
+        PyBuffer_Release(&prev);
+        PyBuffer_Release(&cur);
+        PyErr_SetString(PyExc_ValueError, "n exceeds a buffer");
+        return NULL;
+    }
+    equal = memcmp(cur.buf, prev.buf, (size_t)n) == 0;
+    if (!equal)
+        memcpy(prev.buf, cur.buf, (size_t)n);
+    PyBuffer_Release(&prev);
+    PyBuffer_Release(&cur);
+    return PyBool_FromLong(equal);
 }
 
 /* ---- record building ----------------------------------------------------- */
@@ -557,6 +598,8 @@ static PyMethodDef records_methods[] = {
      "configure(GpuRecord, MigRecord, MigProfile, gpu_field_names)"},
     {"diff", (PyCFunction)(void (*)(void))records_diff, METH_FASTCALL,
      "diff(inventory, previous) -> changed-parts mask (0: unchanged)"},
+    {"same", (PyCFunction)(void (*)(void))records_same, METH_FASTCALL,
+     "same(current, previous, n) -> whether n bytes are equal (previous updated if not)"},
     {"gpu", (PyCFunction)(void (*)(void))records_gpu, METH_FASTCALL,
      "gpu(inventory, i, built) -> GpuRecord, or None for the Python converter"},
     {NULL, NULL, 0, NULL},

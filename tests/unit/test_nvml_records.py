@@ -123,3 +123,27 @@ def test_bad_arguments_are_clear_errors(open_fast) -> None:  # type: ignore[no-u
         _records.gpu(fast._inv_buf, 0, ())
     with pytest.raises(BufferError):
         _records.diff(fast._inv_buf, bytes(_records.INVENTORY_SIZE))  # not writable
+
+
+def test_unchanged_health_sample_reuses_every_record_and_a_change_is_seen(open_fast) -> None:  # type: ignore[no-untyped-def]
+    fast, node = open_fast("dgx-h100")
+    first = fast.health_sample()
+    again = fast.health_sample()
+    assert again == first and all(a is b for a, b in zip(again, first, strict=True))
+    assert again is not first  # a fresh list: callers may keep or change it
+    node.faults.ecc(2, uncorrected=3)
+    changed = fast.health_sample()
+    assert changed[2].ecc_uncorrected_volatile.value == 3
+    assert [s is f for s, f in zip(changed, first, strict=True)] == [True] * 2 + [False] + [
+        True
+    ] * 5
+
+
+def test_same_compares_and_updates() -> None:
+    prev = bytearray(8)
+    assert _records.same(b"\0" * 8, prev, 8)
+    assert not _records.same(b"abcdefgh", prev, 4)
+    assert prev == bytearray(b"abcd\0\0\0\0")
+    assert _records.same(b"abcdxxxx", prev, 4)
+    with pytest.raises(ValueError):
+        _records.same(b"ab", prev, 4)
