@@ -81,11 +81,18 @@ def cache_root() -> Path:
 
 
 def find_binary(name: str) -> Path:
-    """The newest cached build of a component (either layout hack/cluster has used)."""
+    """The highest cached version of a component (either layout hack/cluster has used)."""
     root = cache_root()
+    def version(path: Path) -> tuple[int, ...]:
+        for part in reversed(path.parts):
+            m = re.fullmatch(r"(?:[a-z-]*-)?v(\d+)\.(\d+)\.(\d+)", part)
+            if m:
+                return tuple(int(x) for x in m.groups())
+        return ()
+
     hits = sorted(
         [*root.glob(f"*/bin/{name}"), *root.glob(f"*/{name}"), *root.glob(f"*/*/bin/{name}")],
-        key=lambda p: p.stat().st_mtime,
+        key=lambda p: (version(p), p.stat().st_mtime),
     )
     if not hits:
         raise SystemExit(f"no {name} under {root}: run hack/cluster/build first")
@@ -261,6 +268,16 @@ class ControlPlane:
                 self.apiserver.kill()
                 self.apiserver.wait()
             self.apiserver = None
+
+    def cpu_seconds(self) -> float:
+        """CPU time kube-apiserver and etcd have used so far (utime + stime)."""
+        total = 0.0
+        for proc in (self.apiserver, self.etcd):
+            if proc is not None:
+                with contextlib.suppress(OSError):
+                    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def stop(self) -> None:
         self.stop_apiserver()
@@ -455,6 +472,7 @@ def flaps(
     taint and its clearing are in it.
     """
     before = cp.metrics()
+    cpu0 = cp.cpu_seconds()
     t_end = time.monotonic() + window
     events = 0
     next_at = time.monotonic() + (rng.expovariate(rate_per_s) if rate_per_s > 0 else window + 1)
@@ -470,6 +488,7 @@ def flaps(
     after = cp.metrics()
     writes = write_verbs(delta(after.count("resourceslices"), before.count("resourceslices")))
     took = window + hold + 2.0
+    cpu = cp.cpu_seconds() - cpu0
     return (
         f"{events} events in {window:.0f} s (+{hold + 2:.0f} s to clear) "
         f"({rate_per_s * 3600:.3g}/h fleet-wide): "
@@ -478,7 +497,8 @@ def flaps(
         + f"; resourceslices latency: "
         f"{quantiles(after, before, ('POST', 'PUT', 'PATCH', 'DELETE'), 'resourceslices')} "
         f"(writes), all requests: "
-        f"{quantiles(after, before, ('GET', 'LIST', 'POST', 'PUT', 'PATCH', 'DELETE'))}; {load()}"
+        f"{quantiles(after, before, ('GET', 'LIST', 'POST', 'PUT', 'PATCH', 'DELETE'))}; "
+        f"apiserver+etcd CPU {cpu:.2f} s ({cpu / took * 100:.1f}% of a core); {load()}"
     )
 
 
@@ -518,6 +538,7 @@ def restart(
         node.faults.pcie(hit_gpu[node.name], 8)
     time.sleep(2.0)
     ready = cp.start_apiserver()
+    cpu0 = cp.cpu_seconds()  # the new apiserver's own start-up excluded
     base = Metrics()  # a restarted API server counts from zero
     t_ready = time.monotonic()
     # every node watches again (one long-running WATCH on resourceslices each)
@@ -530,6 +551,7 @@ def restart(
     t_watch = time.monotonic() - t_ready
     time.sleep(settle)  # a health poll sees the fault, the write lands
     after = cp.metrics()
+    cpu = cp.cpu_seconds() - cpu0
     counts = delta(after.count("resourceslices"), base.count("resourceslices"))
     now = state()
     hit_names = set(hit_gpu)
@@ -544,7 +566,7 @@ def restart(
         f"  restart: down {t_ready - down_at - ready:.1f} s + {ready:.1f} s to ready; every node "
         f"watching again {t_watch:.1f} s after ready ({watching:.0f}/{len(nodes)} watches); "
         f"resourceslices requests in the {t_watch + settle:.0f} s after ready: "
-        f"{dict(sorted(counts.items()))}; {load()}"
+        f"{dict(sorted(counts.items()))}; apiserver+etcd CPU {cpu:.2f} s; {load()}"
     )
     print(
         f"  restart: {len(hit_names)} nodes got a PCIe fault while it was down ({want} slice(s) "
@@ -567,6 +589,7 @@ def run_fleet(n: int, args: argparse.Namespace, rng: random.Random) -> None:
         spec = load_topology(args.topology)
         gpus = len(spec.gpus)
         base = cp.metrics()
+        cpu0 = cp.cpu_seconds()
         cp.bench_requests.clear()
         t0 = time.monotonic()
         make_nodes(cp, n, root, args.topology, args.hold, args.poll, nodes)
@@ -582,6 +605,7 @@ def run_fleet(n: int, args: argparse.Namespace, rng: random.Random) -> None:
         took = wait_published(cp, nodes, want, t0, args.timeout)
         time.sleep(2.0)  # let every node settle (converged, watching)
         after = cp.metrics()
+        start_cpu = cp.cpu_seconds() - cpu0
         polls = cp.bench_requests["LIST"]
         start_counts = delta(after.count("resourceslices"), base.count("resourceslices"))
         start_counts["LIST"] = start_counts.get("LIST", 0) - polls
@@ -591,7 +615,8 @@ def run_fleet(n: int, args: argparse.Namespace, rng: random.Random) -> None:
         watches = after.long_running.get(("WATCH", "resourceslices"), 0.0)
         print(
             f"  start: all {n} nodes' slices ({want} per node) listed {took:.1f} s after the "
-            f"first exec (spawning took {spawn:.1f} s); {load()}"
+            f"first exec (spawning took {spawn:.1f} s); apiserver+etcd CPU {start_cpu:.2f} s "
+            f"(the bench's {polls} polling LISTs included); {load()}"
         )
         print(
             "  start: resourceslices requests per node: "
