@@ -95,6 +95,14 @@ class NvmlInsufficientResourcesError(NvmlError):
     """The request does not fit: an overlapping placement or a GPU at its instance limit."""
 
 
+class NvmlDeadlineError(NvmlError):
+    """NVML did not answer within the deadline the driver gave the call (code TIMEOUT).
+
+    Raised by the deadline layer (dra_driver.nvml.deadline), above both
+    backends: the native call may still be running; the caller no longer waits.
+    """
+
+
 _BY_CODE: dict[int, type[NvmlError]] = {
     ERROR_UNINITIALIZED: NvmlUninitializedError,
     ERROR_LIBRARY_NOT_FOUND: NvmlLibraryNotFoundError,
