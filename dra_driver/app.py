@@ -251,7 +251,7 @@ class App:
         self.api = self._api_client()
         preparer = await self._preparer(inventory)
         if self.api is not None:
-            self._start_publisher(inventory)
+            self._start_publisher(self._published_inventory(inventory))
         if self.metrics is not None:
             self.metrics.watch(
                 monitor=self.monitor,
@@ -417,6 +417,14 @@ class App:
             return open_mig_manager(library=s.nvml_library, backend=s.nvml_backend)
         except Exception as e:
             raise StartupError(f"--dynamic-mig: cannot open NVML for MIG management: {e}") from e
+
+    def _published_inventory(self, inventory: Inventory) -> Inventory:
+        """With --dynamic-mig, MIG devices this driver created stay abstract in the slices."""
+        if not self.settings.dynamic_mig or self.preparer is None:
+            return inventory
+        from .prepare.dynamic import created_uuids, without_created
+
+        return without_created(inventory, created_uuids(self.preparer.checkpointed().values()))
 
     def _start_publisher(self, inventory: Inventory) -> None:
         from .slices.publisher import SlicePublisher

@@ -164,6 +164,36 @@ def with_created(d: DeviceRecord, device: Device) -> DeviceRecord:
     return replace(d, uuid=device.uuid, extra={**d.extra, CREATED_KEY: made})
 
 
+def created_uuids(claims: Iterable[ClaimRecord]) -> frozenset[str]:
+    """UUIDs of the MIG devices the checkpoint says this driver created."""
+    return frozenset(
+        str(made["uuid"])
+        for rec in claims
+        for d in rec.devices
+        if (made := created_of(d)) is not None and made.get("uuid")
+    )
+
+
+def without_created(inventory: Inventory, uuids: frozenset[str]) -> Inventory:
+    """The inventory as published: MIG devices this driver created are left out, so the
+    publisher keeps showing them as the abstract (profile, placement) they were
+    allocated as, instead of an operator's device (no slice write per create)."""
+    if not uuids:
+        return inventory
+    gpus = tuple(
+        replace(g, mig_devices=tuple(d for d in g.mig_devices if d.uuid not in uuids))
+        for g in inventory.gpus
+    )
+    return Inventory(
+        driver_version=inventory.driver_version,
+        cuda_driver_version=inventory.cuda_driver_version,
+        gpus=gpus,
+        devices=tuple(d for d in inventory.devices if d.uuid not in uuids),
+        problems=inventory.problems,
+        backend=inventory.backend,
+    )
+
+
 class MigLayout:
     """The live MIG devices of MIG-mode GPUs, and creating/destroying them."""
 

@@ -97,6 +97,7 @@ class Node:
             env=env,
             root=self.root,
             topology=str(self.topology.path),
+            timeout=30.0,  # a loaded CI machine; a healthy start takes well under a second
         )
         return self.plugin
 
@@ -356,3 +357,28 @@ async def test_kill_after_destroy_then_unprepare_again(node_factory: Any) -> Non
     async with DraClient(plugin.dra_socket) as dra:
         assert (await dra.unprepare([ref])).claims[ref.uid].error == ""
     assert node.migs() == {} and node.checkpoint() == {}
+
+
+async def test_a_restart_keeps_what_it_made_abstract_and_destroys_it_later(
+    node_factory: Any,
+) -> None:
+    node = node_factory("a100-dynamic")
+    name = "gpu-1-mig-3g20gb-9-4"
+    ref = node.claim({"request": "mig", "device": name})
+    first = node.start()
+    await register(first.registration_socket)
+    async with DraClient(first.dra_socket) as dra:
+        assert (await dra.prepare([ref])).claims[ref.uid].error == ""
+    first.stop()
+    (made,) = node.migs()[1]
+    plugin = node.start()  # its start-up inventory now lists the instance
+    await register(plugin.registration_socket)
+    devices, _ = node.published()
+    (published,) = [d for d in devices if d["name"] == name]
+    assert "uuid" not in published["attributes"]  # still the abstract device, not an operator's
+    async with DraClient(plugin.dra_socket) as dra:
+        again = await dra.prepare([ref])  # answered from the checkpoint
+        assert [d.device_name for d in again.claims[ref.uid].devices] == [name]
+        assert (await dra.unprepare([ref])).claims[ref.uid].error == ""
+    assert node.migs() == {}
+    assert made.uuid in plugin.log_text() or "destroyed MIG device" in plugin.log_text()

@@ -16,8 +16,16 @@ from dra_driver.nvml import open_backend
 from dra_driver.nvml.errors import NvmlInsufficientResourcesError
 from dra_driver.nvml.migops import CffiMigManager
 from dra_driver.nvml.types import NvmlBackend
-from dra_driver.prepare.checkpoint import DeviceRecord
-from dra_driver.prepare.dynamic import MigLayout, needs_create, with_created, with_intent
+from dra_driver.prepare.checkpoint import ClaimRecord, ClaimState, DeviceRecord
+from dra_driver.prepare.dynamic import (
+    CREATED_KEY,
+    MigLayout,
+    created_uuids,
+    needs_create,
+    with_created,
+    with_intent,
+    without_created,
+)
 from dra_driver.prepare.locks import KeyedLocks
 from dra_driver.testing import fakenvml
 
@@ -121,3 +129,27 @@ def test_an_unrecorded_instance_is_destroyed_by_its_intent(
     assert layout.destroy(with_intent(_record(planned.name), planned)) is True
     assert fakenvml.current_migs(node.spec, node.fault_log)[1] == ()
     assert layout.destroy(_record(planned.name)) is False  # no intent: not ours, untouched
+
+
+def test_created_devices_are_left_out_of_the_published_inventory(
+    node: fakenvml.FakeNode, backend: NvmlBackend, manager: CffiMigManager
+) -> None:
+    operator = node.faults.mig_create(0, "1g.5gb", placement=0)
+    ours = manager.create(node.spec.gpu(0).uuid, 14, 2)
+    inv = _inventory(backend)
+    rec = ClaimRecord(
+        uid="u", namespace="n", name="c", state=ClaimState.PREPARED,
+        devices=(
+            _record("x"),
+            DeviceRecord(
+                request_names=("r",), pool_name="n", device_name="gpu-0-mig-2g10gb-14-2",
+                cdi_device_ids=(), extra={CREATED_KEY: {"uuid": ours.uuid}},
+            ),
+        ),
+    )
+    uuids = created_uuids([rec])
+    assert uuids == frozenset({ours.uuid})
+    published = without_created(inv, uuids)
+    assert {d.uuid for d in published.gpus[0].mig_devices} == {operator.uuid}
+    assert {d.uuid for d in inv.gpus[0].mig_devices} == {operator.uuid, ours.uuid}
+    assert without_created(inv, frozenset()) is inv
