@@ -410,13 +410,16 @@ class App:
 
     def _open_mig_manager(self) -> MigManager:
         """The MIG create/destroy path of --dynamic-mig (blocking: a worker thread)."""
-        from .nvml.migops import open_mig_manager
+        from .nvml.migops import GuardedMigManager, open_mig_manager
 
         s = self.settings
         try:
-            return open_mig_manager(library=s.nvml_library, backend=s.nvml_backend)
+            manager = open_mig_manager(library=s.nvml_library, backend=s.nvml_backend)
         except Exception as e:
             raise StartupError(f"--dynamic-mig: cannot open NVML for MIG management: {e}") from e
+        if self.workers is None:
+            return manager
+        return GuardedMigManager(manager, self.workers, s.mig_deadline)
 
     def _published_inventory(self, inventory: Inventory) -> Inventory:
         """With --dynamic-mig, MIG devices this driver created stay abstract in the slices."""

@@ -33,6 +33,7 @@ from .kubelet.options import (
     PluginOptions,
 )
 from .nvml.deadline import DEFAULT_DEADLINE
+from .nvml.migops import DEFAULT_MIG_DEADLINE
 from .prepare.options import DEFAULT_CDI_ROOT, PreparerConfig
 from .slices.options import PublisherConfig
 
@@ -78,6 +79,7 @@ class Settings:
     log_level: str = "INFO"
     partitionable_devices: bool = False
     dynamic_mig: bool = False
+    mig_deadline: float = DEFAULT_MIG_DEADLINE  # a MIG create/destroy overrunning this: hung
     metrics_address: str = ""  # HOST:PORT serving Prometheus /metrics; empty: no endpoint
     # The driver root as the host names it, for CDI specs (default: driver_root).
     host_driver_root: Path | None = None
@@ -428,6 +430,10 @@ FLAGS: tuple[Flag, ...] = (
          "(profile, placement) and prepare creates the MIG device, unprepare destroys it; "
          "MIG mode itself is never changed",
          frozenset({RUN, SLICES}), _SLICES_G, boolean=True),
+    Flag("--mig-deadline", "MIG_DEADLINE", positive_seconds, _D.mig_deadline,
+         "with --dynamic-mig: a MIG device create or destroy that NVML has not finished in "
+         "this long fails the claim (the GPU is taken for hung)",
+         frozenset({RUN}), _SLICES_G, "SECONDS"),
     Flag("--metrics-address", "METRICS_ADDRESS", metrics_address, _D.metrics_address,
          "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:8080 or :8080 "
          "for every interface (NVIDIA's driver calls this --http-endpoint); empty serves none",

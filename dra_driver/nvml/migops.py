@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._common import DEFAULT_LIBRARY, decode, fallback_message
 from .errors import (
@@ -33,6 +33,9 @@ from .errors import (
     NvmlError,
     error_for,
 )
+
+if TYPE_CHECKING:
+    from .deadline import GpuWorkers
 
 
 @dataclass(frozen=True)
@@ -340,3 +343,47 @@ def open_mig_manager(library: str | None = None, backend: str = "auto") -> MigMa
                 raise NvmlError(ERROR_UNKNOWN, f"the cffi fast path is unavailable: {e}",
                                 "import") from e
     return PynvmlMigManager(library)
+
+
+# A real GPU instance takes on the order of a second to create; a GPU that
+# does not answer for this long is treated as hung.
+DEFAULT_MIG_DEADLINE = 30.0
+
+
+class GuardedMigManager:
+    """A MigManager whose calls run on the GPU's own worker with a deadline (nvml/deadline.py).
+
+    A create or destroy stuck in NVML is abandoned by its caller with
+    NvmlDeadlineError (the claim fails, its intent stays in the checkpoint),
+    and later calls on that GPU fail at once while it stays stuck, instead of
+    queueing behind it; other GPUs are not delayed.
+    """
+
+    def __init__(
+        self, manager: MigManager, workers: GpuWorkers, deadline: float = DEFAULT_MIG_DEADLINE
+    ) -> None:
+        self.manager = manager
+        self.workers = workers
+        self.deadline = deadline
+        self.name = manager.name
+
+    def create(self, parent_uuid: str, gi_profile_id: int, placement_start: int) -> CreatedMig:
+        return self.workers.call(
+            parent_uuid, self.deadline, self.manager.create, parent_uuid, gi_profile_id,
+            placement_start, what="create MIG device",
+        )
+
+    def destroy(self, parent_uuid: str, gpu_instance_id: int, compute_instance_id: int) -> bool:
+        return self.workers.call(
+            parent_uuid, self.deadline, self.manager.destroy, parent_uuid, gpu_instance_id,
+            compute_instance_id, what="destroy MIG device",
+        )
+
+    def destroy_at(self, parent_uuid: str, gi_profile_id: int, placement_start: int) -> bool:
+        return self.workers.call(
+            parent_uuid, self.deadline, self.manager.destroy_at, parent_uuid, gi_profile_id,
+            placement_start, what="destroy MIG device by placement",
+        )
+
+    def close(self) -> None:
+        self.manager.close()

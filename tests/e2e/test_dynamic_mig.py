@@ -15,6 +15,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,9 @@ class Node:
                         access.write_text(f"DeviceFileMinor: {minor}\nDeviceFileMode: 292\n")
                         minor += 1
 
-    def start(self, env: dict[str, str] | None = None) -> PluginProcess:
+    def start(
+        self, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+    ) -> PluginProcess:
         (self.root / "registry" / "gpu.nvidia.com-reg.sock").unlink(missing_ok=True)
         self.plugin = self.factory(
             [
@@ -93,6 +96,7 @@ class Node:
                 f"--proc-root={self.host.proc_root}",
                 f"--driver-root={self.host.driver_root}",
                 "--dynamic-mig",
+                *extra,
             ],
             env=env,
             root=self.root,
@@ -382,3 +386,28 @@ async def test_a_restart_keeps_what_it_made_abstract_and_destroys_it_later(
         assert (await dra.unprepare([ref])).claims[ref.uid].error == ""
     assert node.migs() == {}
     assert made.uuid in plugin.log_text() or "destroyed MIG device" in plugin.log_text()
+
+
+async def test_a_hung_create_fails_the_claim_within_the_deadline(node_factory: Any) -> None:
+    node = node_factory("a100-dynamic")
+    plugin = node.start(extra=("--mig-deadline=1",))
+    await register(plugin.registration_socket)
+    faults = fakenvml.FaultInjector(node.topology, node.fault_log)
+    faults.hang(gpu=0, fn="nvmlDeviceCreateGpuInstanceWithPlacement")
+    stuck = node.claim({"request": "mig", "device": "gpu-0-mig-1g5gb-19-0"})
+    other = node.claim({"request": "mig", "device": "gpu-1-mig-1g5gb-19-0"})
+    async with DraClient(plugin.dra_socket) as dra:
+        t = time.monotonic()
+        resp = await dra.prepare([stuck, other])
+        assert time.monotonic() - t < 10
+        assert "has not answered" in resp.claims[stuck.uid].error
+        assert resp.claims[other.uid].error == ""  # the other GPU is not held up
+        faults.release()
+        # The abandoned create finishes once NVML answers; retries converge and leak nothing.
+        for _ in range(5):
+            if (await dra.prepare([stuck])).claims[stuck.uid].error == "":
+                break
+        else:
+            raise AssertionError("the claim never prepared after the hang was lifted")
+        assert (await dra.unprepare([stuck, other])).claims[stuck.uid].error == ""
+    assert node.migs() == {} and node.checkpoint() == {}
