@@ -5,7 +5,8 @@ Start order (each step needs the previous one):
   NVML opened and read (worker thread) -> inventory ->
   health board -> health monitor (events registered; when --health) ->
   API client (optional) -> preparer (checkpoint loaded) ->
-  slice publisher (background) -> DRA socket -> registration socket.
+  slice publisher, claim status writer (background) -> DRA socket ->
+  registration socket.
 A failure before the sockets exist exits non-zero with one clear message:
 a plugin without NVML, or without its sockets, must not look alive to the
 kubelet. SIGTERM/SIGINT at any point leads to an orderly exit with code 0.
@@ -38,6 +39,7 @@ from .sysfs import pcie_root_resolver
 if TYPE_CHECKING:  # heavy imports stay lazy: they cost startup time and memory
     from kubernetes.client import ApiClient
 
+    from .claimstatus.writer import ClaimStatusWriter
     from .health.monitor import HealthMonitor
     from .metrics import Metrics, MetricsServer
     from .nvml.types import NvmlBackend
@@ -79,6 +81,7 @@ class App:
         self.preparer: ClaimPreparer | None = None
         self.monitor: HealthMonitor | None = None
         self.publisher: SlicePublisher | None = None
+        self.claim_status: ClaimStatusWriter | None = None
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -145,9 +148,14 @@ class App:
         preparer = await self._preparer(inventory)
         if self.api is not None:
             self._start_publisher(inventory)
+            if s.claim_device_status:
+                preparer = self._start_claim_status(preparer, inventory)
         if self.metrics is not None:
             self.metrics.watch(
-                monitor=self.monitor, preparer=self.preparer, publisher=self.publisher
+                monitor=self.monitor,
+                preparer=self.preparer,
+                publisher=self.publisher,
+                claim_status=self.claim_status,
             )
 
         self.plugin = KubeletPlugin(s.plugin_config(), preparer, self.board, s.plugin_options())
@@ -260,6 +268,21 @@ class App:
         publisher.set_desired(inventory, self.board.snapshot())
         self._spawn(publisher.run(), "slice-publisher")
         self._spawn(self._feed_health(publisher, inventory, self.board), "slice-health-feed")
+
+    def _start_claim_status(self, preparer: Preparer, inventory: Inventory) -> Preparer:
+        """Claims' status.devices follow prepares and health; the kubelet never waits on it."""
+        from .claimstatus.api import KubeClaimStatusApi
+        from .claimstatus.hook import StatusReportingPreparer
+        from .claimstatus.writer import ClaimStatusWriter
+
+        assert self.api is not None and self.preparer is not None
+        config = self.settings.claim_status_config()
+        api = KubeClaimStatusApi(self.api, config.field_manager, config.request_timeout)
+        writer = ClaimStatusWriter(config, api, self.board, lambda: inventory)
+        writer.adopt(self.preparer.checkpointed().values())
+        self.claim_status = writer
+        self._spawn(writer.run(), "claim-status")
+        return StatusReportingPreparer(preparer, writer)
 
     async def _feed_health(
         self, publisher: SlicePublisher, inventory: Inventory, board: HealthBoard

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .claimstatus.options import ClaimStatusConfig
 from .health.monitor import DEFAULT_POLL_INTERVAL, MonitorConfig
 from .health.policy import (
     DEFAULT_HOLD_SECONDS,
@@ -58,6 +59,7 @@ class Settings:
     nvml_backend: str = "auto"  # auto | cffi | nvidia-ml-py
     fake_nvml: str | None = None  # topology of the bundled fake NVML (demo/testing)
     kubeconfig: str | None = None
+    claim_device_status: bool = True
     dev_root: Path = Path("/")  # host root where /dev lives (tests use a temp tree)
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
@@ -123,6 +125,9 @@ class Settings:
             node_name=self.node_name,
             partitionable_devices=self.partitionable_devices,
         )
+
+    def claim_status_config(self) -> ClaimStatusConfig:
+        return ClaimStatusConfig(driver_name=self.driver_name, pool_name=self.node_name)
 
     def preparer_config(self) -> PreparerConfig:
         return PreparerConfig(
@@ -341,6 +346,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--kubeconfig", "KUBECONFIG", _text, None,
          "kubeconfig file of the API server (unset: the pod's service account)",
          frozenset({RUN, CLEANUP}), _API, "FILE"),
+    Flag("--claim-device-status", "CLAIM_DEVICE_STATUS", parse_bool, _D.claim_device_status,
+         "write each prepared device's conditions (Ready, Healthy) and data (UUID, MIG "
+         "profile) into ResourceClaim status.devices by server-side apply; needs RBAC "
+         "patch on resourceclaims/status, turns itself off where the server drops the field",
+         frozenset({RUN}), _API, boolean=True),
     Flag("--health", "DEVICE_HEALTH", parse_bool, _D.health,
          "watch device health (XIDs, ECC, GPU lost, ...), stream it to the kubelet and "
          "taint unhealthy devices",
