@@ -34,7 +34,8 @@ from .kubelet.options import (
     PluginOptions,
 )
 from .prepare.options import DEFAULT_CDI_ROOT, PreparerConfig
-from .slices.options import PublisherConfig
+from .slices.options import PublisherConfig, TaintPolicy
+from .slices.taints import EVICT_ALL, evict_word_problem
 
 DEFAULT_DRIVER = "gpu.nvidia.com"
 LOCAL_NODE_NAME = "localhost"  # the node name of a local try (--allow-default-node-name)
@@ -69,6 +70,8 @@ class Settings:
     health_hold: float = DEFAULT_HOLD_SECONDS
     health_ignored_xids: tuple[int, ...] = DEFAULT_IGNORED_XIDS
     health_temperature_threshold: int = DEFAULT_TEMPERATURE_THRESHOLD_C  # 0: off
+    health_evict: tuple[str, ...] = ()  # reasons/classes whose Unhealthy devices get NoExecute
+    health_degraded_taint: bool = True  # Degraded -> effect-None taint on 1.35+ servers
     health_resend_interval: float = _PLUGIN_DEFAULTS.health_resend_interval
     registration_backoff: float = _PLUGIN_DEFAULTS.registration_backoff
     shutdown_grace: float = _PLUGIN_DEFAULTS.shutdown_grace
@@ -124,6 +127,10 @@ class Settings:
             driver_name=self.driver_name,
             node_name=self.node_name,
             partitionable_devices=self.partitionable_devices,
+            taint_policy=TaintPolicy(
+                evict=frozenset(self.health_evict),
+                informational_degraded=self.health_degraded_taint,
+            ),
         )
 
     def claim_status_config(self) -> ClaimStatusConfig:
@@ -194,6 +201,18 @@ def xid_list(text: str) -> tuple[int, ...]:
     if any(x < 0 for x in xids):
         raise argparse.ArgumentTypeError(f"XIDs are non-negative numbers, got {text!r}")
     return tuple(xids)
+
+
+def evict_list(text: str) -> tuple[str, ...]:
+    """Comma-separated reasons or recovery classes; empty or "none" evicts for none."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    words = sorted({w.strip().lower() for w in text.split(",") if w.strip()})
+    for word in words:
+        problem = evict_word_problem(word)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+    return tuple(words)
 
 
 def celsius(text: str) -> int:
@@ -370,6 +389,17 @@ FLAGS: tuple[Flag, ...] = (
          _D.health_temperature_threshold,
          "a GPU at or above this temperature is Degraded; 0 turns the check off",
          frozenset({RUN}), _HEALTH, "CELSIUS"),
+    Flag("--health-evict", "HEALTH_EVICT", evict_list, _D.health_evict,
+         "evict the pods using an Unhealthy device (NoExecute taint instead of NoSchedule) "
+         "when its reason or recovery class is listed, e.g. gpu-lost,reset-required,xid-79 "
+         f"or node-reboot,gpu-reset; {EVICT_ALL!r} for every Unhealthy device; 'none' evicts "
+         "for none",
+         frozenset({RUN}), _HEALTH, "REASON,..."),
+    Flag("--health-degraded-taint", "HEALTH_DEGRADED_TAINT", parse_bool,
+         _D.health_degraded_taint,
+         "give Degraded devices an informational <driver>/degraded taint (effect None: the "
+         "scheduler ignores it) where the API server is 1.35 or newer",
+         frozenset({RUN}), _HEALTH, boolean=True),
     Flag("--partitionable-devices", "PARTITIONABLE_DEVICES", parse_bool,
          _D.partitionable_devices,
          "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36)",
@@ -492,6 +522,8 @@ def from_args(ns: argparse.Namespace) -> Settings:
     for key in ("dev_root", "proc_root", "sys_root", "driver_root"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
+    if "health_evict" in values:
+        values["health_evict"] = tuple(values["health_evict"])
     if "health_ignored_xids" in values:
         values["health_ignored_xids"] = tuple(values["health_ignored_xids"])
     return Settings(**values)
