@@ -9,7 +9,13 @@ Start order (each step needs the previous one):
   registration socket.
 A failure before the sockets exist exits non-zero with one clear message:
 a plugin without NVML, or without its sockets, must not look alive to the
-kubelet. SIGTERM/SIGINT at any point leads to an orderly exit with code 0.
+kubelet. SIGTERM/SIGINT at any point leads to an orderly exit with code 0,
+within the shutdown grace period even when an NVML call is hung in C (it
+cannot be interrupted): past the grace the process exits regardless.
+
+Every per-GPU NVML job (health samples, compute mode for claims) runs on that
+GPU's worker thread with a deadline (nvml.deadline), shared by the monitor and
+the preparer, so a wedged GPU stalls neither other GPUs nor any caller.
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .health.board import HealthBoard
+from .health.board import Health, HealthBoard
 from .inventory import Inventory, build_inventory
 from .kubelet.plugin import KubeletPlugin
 from .kubelet.sockets import (
@@ -42,6 +51,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy: they cost startup time and memory
     from .claimstatus.writer import ClaimStatusWriter
     from .health.monitor import HealthMonitor
     from .metrics import Metrics, MetricsServer
+    from .nvml.deadline import GpuWorkers, GuardedNvml
     from .nvml.types import NvmlBackend
     from .prepare.preparer import ClaimPreparer
     from .slices.publisher import SlicePublisher
@@ -65,7 +75,22 @@ def run(settings: Settings) -> int:
         for p in problems:
             log.error("%s; shorten --plugins-dir/--registry-dir or the driver name", p)
         return EXIT_USAGE
-    return asyncio.run(App(settings).main())
+    app = App(settings)
+    code = asyncio.run(app.main())
+    if app.nvml_calls_in_flight():
+        # A call still inside NVML would block interpreter teardown (or return
+        # into a half-finalised interpreter): leave now, the log is flushed.
+        log.warning("exiting with an NVML call still running (hung GPU)")
+        _flush_and_exit(code)
+    return code
+
+
+def _flush_and_exit(code: int) -> None:
+    logging.shutdown()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 class App:
@@ -84,8 +109,18 @@ class App:
         self.claim_status: ClaimStatusWriter | None = None
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
+        self.workers: GpuWorkers | None = None
+        self.guarded: GuardedNvml | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        self._hard_exit: threading.Timer | None = None
+
+    def nvml_calls_in_flight(self) -> bool:
+        """Whether a per-GPU NVML job is still running (hung) right now."""
+        workers, inv = self.workers, self.inventory
+        if workers is None or inv is None:
+            return False
+        return any(workers.busy_since(g.uuid) is not None for g in inv.gpus)
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
@@ -123,6 +158,23 @@ class App:
             return
         log.info("%s received; shutting down", sig.name)
         self._stop.set()
+        self._arm_hard_exit()
+
+    def _arm_hard_exit(self) -> None:
+        """Past the grace period the process ends, whatever is still running."""
+        grace = self.settings.shutdown_grace
+
+        def expire() -> None:
+            log.error(
+                "shutdown did not finish within the %gs grace period%s; exiting now",
+                grace,
+                " (an NVML call is hung)" if self.nvml_calls_in_flight() else "",
+            )
+            _flush_and_exit(EXIT_OK)
+
+        self._hard_exit = threading.Timer(grace, expire)
+        self._hard_exit.daemon = True
+        self._hard_exit.start()
 
     async def _start(self) -> None:
         s = self.settings
@@ -136,7 +188,21 @@ class App:
 
         backend, inventory = await asyncio.to_thread(self._open_nvml)
         self.backend, self.inventory = backend, inventory
-        self.board = HealthBoard(d.name for d in inventory.devices)
+        from .nvml.deadline import GpuWorkers, GuardedNvml
+
+        self.workers = GpuWorkers()
+        self.guarded = GuardedNvml(
+            backend,
+            self.workers,
+            s.health_nvml_deadline,
+            ((g.index, g.uuid) for g in inventory.gpus),
+        )
+        # Never healthy by default: a device is Unknown until a check says otherwise.
+        self.board = (
+            HealthBoard((d.name for d in inventory.devices), Health.UNKNOWN, "not checked yet")
+            if s.health
+            else HealthBoard(d.name for d in inventory.devices)
+        )
         for problem in inventory.problems:
             log.warning("inventory: %s", problem)
         if self.metrics is not None:
@@ -178,6 +244,27 @@ class App:
             s.dra_socket,
             s.registration_socket,
         )
+
+    async def _close_nvml(self) -> None:
+        """Shut NVML down in a daemon thread, bounded: a hung call must not hold the exit."""
+        assert self.backend is not None
+        backend = self.backend
+        done = threading.Event()
+
+        def close() -> None:
+            try:
+                backend.close(timeout=1.0)
+            except Exception:
+                log.exception("closing NVML failed")
+            finally:
+                done.set()
+
+        threading.Thread(target=close, name="nvml-close", daemon=True).start()
+        until = time.monotonic() + 2.0
+        while not done.is_set() and time.monotonic() < until:
+            await asyncio.sleep(0.02)
+        if self.workers is not None:
+            self.workers.shutdown()
 
     def _serve_metrics(self) -> Metrics:
         """Bind the endpoint first, so a taken port fails the start before anything else runs."""
@@ -221,7 +308,9 @@ class App:
         """Events are registered before the sockets exist: no fault after "ready" is missed."""
         from .health.monitor import HealthMonitor
 
-        self.monitor = HealthMonitor(backend, inventory, board, self.settings.monitor_config())
+        self.monitor = HealthMonitor(
+            backend, inventory, board, self.settings.monitor_config(), workers=self.workers
+        )
         await self.monitor.start()
 
     def _api_client(self) -> ApiClient | None:
@@ -247,7 +336,7 @@ class App:
 
         source = ApiClaimSource(self.api) if self.api is not None else NoApiClaimSource()
         preparer = ClaimPreparer(
-            self.settings.preparer_config(), lambda: inventory, source, self.board, self.backend
+            self.settings.preparer_config(), lambda: inventory, source, self.board, self.guarded
         )
         self.preparer = preparer
         try:
@@ -321,7 +410,7 @@ class App:
         if self.preparer is not None:
             await self.preparer.close()
         if self.backend is not None:
-            await asyncio.to_thread(self.backend.close)
+            await self._close_nvml()
         if self.api is not None:
             with contextlib.suppress(Exception):
                 self.api.close()

@@ -33,6 +33,7 @@ from .kubelet.options import (
     PluginConfig,
     PluginOptions,
 )
+from .nvml.deadline import DEFAULT_DEADLINE
 from .prepare.options import DEFAULT_CDI_ROOT, PreparerConfig
 from .slices.options import PublisherConfig, TaintPolicy
 from .slices.taints import EVICT_ALL, evict_word_problem
@@ -72,6 +73,7 @@ class Settings:
     health_temperature_threshold: int = DEFAULT_TEMPERATURE_THRESHOLD_C  # 0: off
     health_evict: tuple[str, ...] = ()  # reasons/classes whose Unhealthy devices get NoExecute
     health_degraded_taint: bool = True  # Degraded -> effect-None taint on 1.35+ servers
+    health_nvml_deadline: float = DEFAULT_DEADLINE  # a GPU's NVML job overrunning this: Unknown
     health_resend_interval: float = _PLUGIN_DEFAULTS.health_resend_interval
     registration_backoff: float = _PLUGIN_DEFAULTS.registration_backoff
     shutdown_grace: float = _PLUGIN_DEFAULTS.shutdown_grace
@@ -115,6 +117,7 @@ class Settings:
     def monitor_config(self) -> MonitorConfig:
         return MonitorConfig(
             poll_interval=self.health_poll_interval,
+            deadline=self.health_nvml_deadline,
             policy=PolicyConfig(
                 hold_seconds=self.health_hold,
                 ignored_xids=frozenset(self.health_ignored_xids),
@@ -400,6 +403,11 @@ FLAGS: tuple[Flag, ...] = (
          "give Degraded devices an informational <driver>/degraded taint (effect None: the "
          "scheduler ignores it) where the API server is 1.35 or newer",
          frozenset({RUN}), _HEALTH, boolean=True),
+    Flag("--health-nvml-deadline", "HEALTH_NVML_DEADLINE", positive_seconds,
+         _D.health_nvml_deadline,
+         "an NVML call on one GPU (health sample, compute mode) that takes longer makes that "
+         "GPU Unknown (tainted) and fails the claim step; checks of other GPUs go on",
+         frozenset({RUN}), _HEALTH, "SECONDS"),
     Flag("--partitionable-devices", "PARTITIONABLE_DEVICES", parse_bool,
          _D.partitionable_devices,
          "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36)",

@@ -106,7 +106,7 @@ class HealthServicer:
     async def stream(self, pb: ModuleType, version: str) -> AsyncIterator[Any]:
         """The shared stream: the full list now, then on every change or resend interval."""
         self._streams += 1
-        log.debug("health watcher (%s) connected (%d active)", version, self._streams)
+        log.debug("%s health watcher connected (%d active)", version, self._streams)
         try:
             while not self._closing.is_set():
                 version_seen = self._board.version  # read before the snapshot: never miss one
@@ -114,7 +114,7 @@ class HealthServicer:
                 await self._wait_change_or_resend(version_seen)
         finally:
             self._streams -= 1
-            log.debug("health watcher (%s) gone (%d active)", version, self._streams)
+            log.debug("%s health watcher gone (%d active)", version, self._streams)
 
     # v1alpha1 callers (and tests) that address the servicer itself.
     async def NodeWatchResources(self, request: object, context: object) -> AsyncIterator[Any]:

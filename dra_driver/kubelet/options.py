@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..health.monitor import DEFAULT_POLL_INTERVAL
+
 DEFAULT_PLUGINS_DIR = Path("/var/lib/kubelet/plugins")
 DEFAULT_REGISTRY_DIR = Path("/var/lib/kubelet/plugins_registry")
 
@@ -50,7 +52,7 @@ class PluginOptions:
     health_timeout_seconds: int = DEFAULT_HEALTH_TIMEOUT
     # How often the health monitor checks each device: the stream timeout the
     # kubelet is given must outlast a resend and a fresh check.
-    health_check_interval: float = 0.0
+    health_check_interval: float = DEFAULT_POLL_INTERVAL
     socket_poll_interval: float = 0.25
     registration_backoff: float = 1.0
     registration_backoff_max: float = 120.0

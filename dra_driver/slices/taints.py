@@ -23,6 +23,8 @@ from .options import TaintPolicy
 UNHEALTHY_TAINT = "unhealthy"  # key is "<driver>/unhealthy"
 XID_TAINT = "xid"  # NVIDIA's key for XID errors: "<driver>/xid=<n>"
 GPU_LOST_TAINT = "gpu-lost"  # NVIDIA's key for a GPU off the bus
+UNKNOWN_TAINT = "unknown"  # "<driver>/unknown=<reason>": no check vouches for the device
+RECOVERY_TAINT = "recovery"  # "<driver>/recovery=<what it needs>", beside the health taint
 
 
 def taint_value(reason: str) -> str:
@@ -49,19 +51,51 @@ def health_taint(reason: str, driver: str) -> dict[str, str]:
     }
 
 
+def recovery_taint(recovery: str, driver: str) -> dict[str, str]:
+    """What an Unhealthy device needs (gpu-reset, node-reboot, drain-p2p, drain-and-reset, ...).
+
+    A key of its own keeps NVIDIA's xid / gpu-lost keys and values as they are
+    (tolerations written for them keep working) while letting a toleration or
+    a DeviceTaintRule select on the action a fault needs.
+    """
+    return {
+        "key": f"{driver}/{RECOVERY_TAINT}",
+        "value": taint_value(recovery),
+        "effect": "NoSchedule",
+    }
+
+
+def unknown_taint(reason: str, driver: str) -> dict[str, str]:
+    """NoSchedule for a device no check vouches for (NVML hung, health checks stalled)."""
+    return {
+        "key": f"{driver}/{UNKNOWN_TAINT}",
+        "value": taint_value(reason or "not-checked"),
+        "effect": "NoSchedule",
+    }
+
+
 def health_taints(health: Sequence[DeviceHealth], driver: str) -> dict[str, list[dict[str, str]]]:
     """Which health verdicts taint which device, and how.
 
-    Unhealthy -> one NoSchedule taint for its reason (see health_taint): new
-    claims avoid the device, running pods are left alone (eviction is the
-    admin's decision, via a DeviceTaintRule). Degraded and unknown devices stay
-    schedulable and get no taint: the informational effect None is valid only
-    from Kubernetes 1.35, and the health stream's message already says what is
-    degraded.
+    Unhealthy -> one NoSchedule taint for its reason (see health_taint), plus
+    one saying what it needs when that is more than nothing (recovery_taint):
+    new claims avoid the device, running pods are left alone (eviction is the
+    admin's decision, via a DeviceTaintRule). Unknown -> `<driver>/unknown`
+    NoSchedule (unknown_taint): nothing vouches for the device, so new claims
+    avoid it until a check answers. Degraded devices stay schedulable and get
+    no taint here: the informational effect None is valid only from Kubernetes
+    1.35, so apply_taint_policy adds it where the server is new enough.
     """
-    return {
-        h.device: [health_taint(h.reason, driver)] for h in health if h.health is Health.UNHEALTHY
-    }
+    out: dict[str, list[dict[str, str]]] = {}
+    for h in health:
+        if h.health is Health.UNHEALTHY:
+            taints = [health_taint(h.reason, driver)]
+            if h.recovery and h.recovery != "none":
+                taints.append(recovery_taint(h.recovery, driver))
+            out[h.device] = taints
+        elif h.health is Health.UNKNOWN:
+            out[h.device] = [unknown_taint(h.reason, driver)]
+    return out
 
 
 # --- effects by class: NoSchedule by default, NoExecute by opt-in, None for Degraded ------

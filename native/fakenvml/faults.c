@@ -102,6 +102,7 @@ int fake_faults_open(char *err, size_t errlen) {
         g_fault_fd = -1;
         g_fold_off = 0;
         g_record_count = 0;
+        g_stall_count = 0;
         g_gen_map = NULL;
         return 0;
     }

@@ -24,10 +24,15 @@ from pathlib import Path
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.options import PreparerConfig
 from dra_driver.prepare.preparer import ClaimPreparer
-from dra_driver.prepare.sources import MemoryClaimSource
 from dra_driver.prepare.types import ClaimRef
 from dra_driver.settings import Settings
-from dra_driver.testing.simhost import claim_object, claim_uid, make_inventory, populate_host
+from dra_driver.testing import (
+    MemoryClaimSource,
+    claim_object,
+    claim_uid,
+    make_inventory,
+    populate_host,
+)
 
 NODE = "bench-node"
 TARGET_P99_MS = 5.0

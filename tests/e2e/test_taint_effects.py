@@ -66,11 +66,19 @@ def start(
     )
     topology = load_topology("small")
     wait_until(lambda: len(server.slices(driver=DRIVER_NAME, node=NODE_NAME)) == 1, 10, "slices")
+    # Devices start Unknown (tainted) until their first check answers.
+    wait_until(lambda: taints(server) == {}, 10, "every device checked")
     return plugin, FaultInjector(topology, default_fault_log(topology.name, plugin.env))
 
 
 @pytest.mark.parametrize(
-    ("args", "effect"), [((), "NoSchedule"), (("--health-evict=xid-79,gpu-lost",), "NoExecute")]
+    ("args", "effect"),
+    [
+        ((), "NoSchedule"),
+        (("--health-evict=xid-79,gpu-lost",), "NoExecute"),
+        (("--health-evict=node-reboot",), "NoExecute"),  # XID 79's recovery class
+        (("--health-evict=gpu-reset",), "NoSchedule"),
+    ],
 )
 def test_xid_79_effect_follows_the_opt_in(
     plugin_factory: PluginFactory,
@@ -81,8 +89,16 @@ def test_xid_79_effect_follows_the_opt_in(
 ) -> None:
     _, faults = start(plugin_factory, server, tmp_path, *args)
     faults.xid(1, 79)
-    took = wait_until(lambda: "gpu-1" in taints(server), 5, "gpu-1 tainted")
-    assert taints(server)["gpu-1"] == [(f"{DRIVER_NAME}/xid", "79", effect)]
+    took = wait_until(
+        lambda: (f"{DRIVER_NAME}/xid", "79", effect) in taints(server).get("gpu-1", []),
+        10,
+        f"gpu-1 tainted xid=79:{effect} (last: {taints(server)})",
+    )
+    # What the fault needs rides along, NoSchedule: only the health taint evicts.
+    assert taints(server)["gpu-1"] == [
+        (f"{DRIVER_NAME}/xid", "79", effect),
+        (f"{DRIVER_NAME}/recovery", "node-reboot", "NoSchedule"),
+    ]
     print(f"XID 79 -> {effect} taint in the slice: {took:.2f}s")
 
 
