@@ -58,6 +58,7 @@ class Settings:
     cdi_root: Path = DEFAULT_CDI_ROOT
     state_dir: Path | None = None  # default: <plugins_dir>/<driver_name>
     nvml_library: str | None = None  # default: libnvidia-ml.so.1 from the loader path
+    rescan_interval: float = 10.0  # re-read the inventory this often; 0: only at start
     nvml_backend: str = "auto"  # auto | cffi | nvidia-ml-py
     fake_nvml: str | None = None  # topology of the bundled fake NVML (demo/testing)
     kubeconfig: str | None = None
@@ -361,6 +362,11 @@ FLAGS: tuple[Flag, ...] = (
          "how NVML is called: the bundled cffi fast path, the nvidia-ml-py package, or "
          "auto (cffi when it loads)",
          _NVML, _NVML_G, choices=("auto", "cffi", "nvidia-ml-py")),
+    Flag("--rescan-interval", "RESCAN_INTERVAL", non_negative_seconds, _D.rescan_interval,
+         "re-read the GPUs and MIG devices this often: a GPU that answers again, or a MIG "
+         "re-layout by an operator, is published and monitored without a restart; 0 reads "
+         "them only at start",
+         frozenset({RUN}), _NVML_G, "SECONDS"),
     Flag("--fake-nvml", "FAKE_NVML", _text, None,
          "use the bundled fake NVML library with this topology (small, a100, dgx-h100, or a "
          "topology file): a simulated node for demos and tests",
