@@ -126,6 +126,22 @@ class MigView(Protocol):
     def stats(self) -> MigStats: ...
 
 
+class ClaimStatusCounters(Protocol):
+    """The part of claimstatus.writer.ClaimStatusStats reported."""
+
+    applies: int
+    removals: int
+    errors: int
+    rejected: int
+
+
+class ClaimStatusView(Protocol):
+    """What is read of the ClaimStatusWriter."""
+
+    @property
+    def stats(self) -> ClaimStatusCounters: ...
+
+
 class Metrics:
     """The registry and every series. Implements kubelet.dra.CallObserver.
 
@@ -193,6 +209,7 @@ class Metrics:
         self.publisher: PublisherView | None = None
         self.preparer: PreparerView | None = None
         self.migs: MigView | None = None
+        self.claim_status: ClaimStatusView | None = None
         r.register(_StateCollector(self))
         if process_collectors:
             ProcessCollector(registry=r)
@@ -208,6 +225,7 @@ class Metrics:
         publisher: PublisherView | None = None,
         preparer: PreparerView | None = None,
         migs: MigView | None = None,
+        claim_status: ClaimStatusView | None = None,
     ) -> None:
         """Report this state from now on (components come up one by one during startup)."""
         if inventory is not None:
@@ -222,6 +240,8 @@ class Metrics:
             self.preparer = preparer
         if migs is not None:
             self.migs = migs
+        if claim_status is not None:
+            self.claim_status = claim_status
 
     # -- kubelet.dra.CallObserver --------------------------------------------------------
 
@@ -264,6 +284,7 @@ class _StateCollector(Collector):
             ("slice publisher", self._publisher),
             ("checkpoint", self._prepared),
             ("dynamic MIG", self._migs),
+            ("claim status writer", self._claim_status),
         )
         for name, section in sections:
             try:
@@ -416,6 +437,32 @@ class _StateCollector(Collector):
                 "dra_resourceslice_converged",
                 "1 when the stored ResourceSlices equal the desired ones, else 0.",
                 value=1 if publisher.converged else 0,
+            ),
+        ]
+
+    def _claim_status(self) -> list[Metric]:
+        writer = self._m.claim_status
+        if writer is None:
+            return []
+        stats = writer.stats
+        writes = CounterMetricFamily(
+            "dra_claim_status_writes",
+            "Successful server-side applies of ResourceClaim status.devices, by what they did.",
+            labels=("op",),
+        )
+        writes.add_metric(("apply",), stats.applies)
+        writes.add_metric(("remove",), stats.removals)
+        return [
+            writes,
+            CounterMetricFamily(
+                "dra_claim_status_api_errors",
+                "Failed claim status writes (retried with backoff; never fail a prepare).",
+                value=stats.errors,
+            ),
+            CounterMetricFamily(
+                "dra_claim_status_rejected",
+                "Claim status writes the API server refused as invalid (422); each one is a bug.",
+                value=stats.rejected,
             ),
         ]
 

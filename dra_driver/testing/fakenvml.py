@@ -136,6 +136,12 @@ same ids and UUIDs, in log order, and each change is an
     ci_destroy     gi, ci
     gi_destroy     gi
 
+An operator's re-layout can also be written directly (FaultInjector.mig_create
+/ mig_destroy): ``mig_create`` profile_id, optional placement_start, gi, uuid
+(the library picks the first free placement, the smallest free GI id and a
+UUID when absent) and ``mig_destroy`` gi: the whole MIG device at once, no
+event; what the GPU cannot take is logged and changes nothing.
+
 Their semantics follow nvml.h: a GPU not in MIG mode answers NOT_SUPPORTED; an
 unknown profile or a placement the profile does not offer INVALID_ARGUMENT; an
 overlapping placement or a GPU/profile at its instance limit
@@ -404,7 +410,9 @@ def parse_throttle_reasons(text: str) -> int:
     return mask
 
 
-MIG_RECORD_KINDS = ("gi_create", "ci_create", "ci_destroy", "gi_destroy")
+MIG_RECORD_KINDS = (
+    "gi_create", "ci_create", "ci_destroy", "gi_destroy", "mig_create", "mig_destroy"
+)
 
 
 def current_migs(topology: Topology, fault_log: Path | None) -> dict[int, tuple[TopologyMig, ...]]:
@@ -438,6 +446,9 @@ def current_migs(topology: Topology, fault_log: Path | None) -> dict[int, tuple[
         if not isinstance(rec, dict) or rec.get("kind") not in MIG_RECORD_KINDS:
             continue
         gpu = by_uuid.get(str(rec.get("gpu", "")).lower())
+        if gpu is not None and rec["kind"] == "mig_create":
+            _fold_operator_create(topology, gpu, gis[gpu], rec)
+            continue
         gi = rec.get("gi")
         if gpu is None or not isinstance(gi, int):
             continue
@@ -452,6 +463,8 @@ def current_migs(topology: Topology, fault_log: Path | None) -> dict[int, tuple[
             layout[gi].update(ci=None, uuid=None)
         elif kind == "gi_destroy" and gi in layout and layout[gi]["ci"] is None:
             del layout[gi]
+        elif kind == "mig_destroy":
+            layout.pop(gi, None)
     return {
         gpu: tuple(
             TopologyMig(int(d["profile_id"]), int(d["start"]), gi, int(d["ci"]), str(d["uuid"]))
@@ -460,6 +473,36 @@ def current_migs(topology: Topology, fault_log: Path | None) -> dict[int, tuple[
         )
         for gpu, layout in gis.items()
     }
+
+
+def _fold_operator_create(
+    topology: Topology, gpu: int, layout: dict[int, dict[str, Any]], rec: Mapping[str, Any]
+) -> None:
+    """An operator's mig_create record, decided as the library decides it (migmgmt.c)."""
+    model = topology.raw["models"][topology.gpu(gpu).model].get("mig", {})
+    profiles = {int(p["id"]): p for p in model.get("profiles", [])}
+    p = profiles.get(int(rec.get("profile_id", -1)))
+    if p is None or len(layout) >= int(model.get("max_devices", 0)):
+        return
+    used = 0
+    for d in layout.values():
+        q = profiles.get(int(d["profile_id"]))
+        if q is not None:
+            used |= ((1 << int(q["placement_size"])) - 1) << int(d["start"])
+    want = rec.get("placement_start")
+    mask = (1 << int(p["placement_size"])) - 1
+    starts = [s for s in p["placements"] if (want is None or s == want) and not used & mask << s]
+    if not starts:
+        return
+    gi = rec.get("gi")
+    if gi is None:
+        gi = 1
+        while gi in layout:
+            gi += 1
+    if gi in layout:
+        return
+    uuid = rec.get("uuid") or f"MIG-{gpu + 1:08x}-0000-4000-8000-{gi:012x}"
+    layout[int(gi)] = {"profile_id": p["id"], "start": starts[0], "ci": 0, "uuid": uuid}
 
 
 def profile_id_of(topology: Topology, gpu: int, profile: str) -> int:
@@ -667,14 +710,17 @@ class FaultInjector:
             {"kind": "mig_busy", "gpu": self._gpu(gpu).uuid, "gi": gi, "value": int(busy)}
         )
 
-    def mig_create(self, gpu: int, profile: str, placement: int | None = None) -> TopologyMig:
-        """Create a MIG device (GI + its CI) the way an operator does, in another process."""
+    def create_mig_device(
+        self, gpu: int, profile: str, placement: int | None = None
+    ) -> TopologyMig:
+        """Create a MIG device (GI + its CI) through the library's NVML calls, in another
+        process (`mig-create`), as nvidia-smi does; errors are NVML's."""
         argv = [str(gpu), profile] + ([] if placement is None else ["--placement", str(placement)])
         out = self._mig_cli("mig-create", argv)
         return TopologyMig(**out)
 
-    def mig_destroy(self, gpu: int, gi: int) -> None:
-        """Destroy a MIG device (its CI, then its GI) the way an operator does."""
+    def destroy_mig_device(self, gpu: int, gi: int) -> None:
+        """Destroy a MIG device (its CI, then its GI) through the library (`mig-destroy`)."""
         self._mig_cli("mig-destroy", [str(gpu), str(gi)])
 
     def _mig_cli(self, command: str, argv: list[str]) -> dict[str, Any]:
@@ -693,6 +739,43 @@ class FaultInjector:
         record: dict[str, Any] = {"kind": "recover"}
         if gpu is not None:
             record["gpu"] = self._gpu(gpu).uuid
+        self._append(record)
+
+    # Operator actions, not faults: a static MIG re-layout on a GPU in MIG mode, as
+    # `nvidia-smi mig -dci -dgi -gi N` / `nvidia-smi mig -cgi P -C` make it. Every
+    # process on the topology sees the new layout at its next NVML call; a
+    # re-layout the GPU cannot take (no room, no such instance) is logged by the
+    # library and changes nothing.
+
+    def mig_destroy(self, gpu: int, gi: int) -> None:
+        """Destroy the MIG device (GPU instance gi and its compute instance)."""
+        if gi < 0:
+            raise FakeNvmlError("a GPU instance id is a non-negative number")
+        self._append({"kind": "mig_destroy", "gpu": self._gpu(gpu).uuid, "gi": gi})
+
+    def mig_create(
+        self,
+        gpu: int,
+        profile_id: int,
+        placement_start: int | None = None,
+        gi: int | None = None,
+        uuid: str | None = None,
+    ) -> None:
+        """Create a MIG device of GPU instance profile profile_id (placement, GI id and UUID
+        chosen by the library when not given: first free placement, smallest free GI id)."""
+        record: dict[str, Any] = {
+            "kind": "mig_create",
+            "gpu": self._gpu(gpu).uuid,
+            "profile_id": profile_id,
+        }
+        if placement_start is not None:
+            record["placement_start"] = placement_start
+        if gi is not None:
+            record["gi"] = gi
+        if uuid is not None:
+            if not uuid.startswith("MIG-"):
+                raise FakeNvmlError("a MIG UUID starts with 'MIG-'")
+            record["uuid"] = uuid
         self._append(record)
 
 

@@ -132,7 +132,7 @@ typedef struct fake_gpu {
     fake_profile profiles[FAKE_MAX_PROFILES];
     int mig_count; /* slots in use or holes below the highest used one */
     fake_mig migs[FAKE_MAX_MIG_PER_GPU];
-    int topo_mig_count; /* the topology's layout, restored when the log is refolded */
+    int topo_mig_count; /* the topology's layout, restored when the fault log is refolded */
     fake_mig topo_migs[FAKE_MAX_MIG_PER_GPU];
     /* state */
     fake_health defaults;
@@ -170,6 +170,9 @@ typedef enum {
     FAULT_GI_DESTROY, /* gi */
     FAULT_MIG_BUSY,   /* gi, value: processes run on it (1) or not (0) */
     FAULT_FAIL,       /* calls of fn on gpu answer rc, count times (0: until released) */
+    /* Operator actions, not faults: a static MIG re-layout (nvidia-smi mig -dgi / -cgi). */
+    FAULT_MIG_DESTROY, /* the MIG device with GPU instance gi is destroyed */
+    FAULT_MIG_CREATE,  /* a MIG device of GI profile value is created (at placement, as gi) */
 } fault_kind;
 
 #define FAKE_FN_LEN 64
@@ -192,7 +195,9 @@ typedef struct {
     long long action;     /* xid: recovery action it sets (-1: none given) */
     unsigned int profile_id, start; /* gi_create */
     unsigned int rc, count;         /* fail */
-    char uuid[FAKE_STR];            /* ci_create */
+    /* mig_create: placement (FAKE_NO_ID: the first free one), uuid ("" = derived) */
+    unsigned int placement;
+    char uuid[FAKE_STR]; /* ci_create, mig_create */
 } fault_record;
 
 /* One active hang or delay (folded from the log). */

@@ -288,7 +288,9 @@ static void apply(const fault_record *r) {
     case FAULT_CI_CREATE:
     case FAULT_CI_DESTROY:
     case FAULT_GI_DESTROY:
-    case FAULT_MIG_BUSY: fake_mig_apply(r); return;
+    case FAULT_MIG_BUSY:
+    case FAULT_MIG_DESTROY:
+    case FAULT_MIG_CREATE: fake_mig_apply(r); return;
     case FAULT_FAIL: fails_set(r); return;
     default: break;
     }
@@ -338,6 +340,8 @@ static void apply(const fault_record *r) {
         stalls_release(r->gpu, NULL);
         fails_release(r->gpu, NULL);
         break;
+    case FAULT_MIG_DESTROY:
+    case FAULT_MIG_CREATE: break; /* handled above */
     }
 }
 
@@ -394,7 +398,10 @@ static int parse_line(const char *line, fault_record *r, char *why, size_t whyle
                  {"ci_destroy", FAULT_CI_DESTROY},
                  {"gi_destroy", FAULT_GI_DESTROY},
                  {"mig_busy", FAULT_MIG_BUSY},
-                 {"fail", FAULT_FAIL}};
+                 {"fail", FAULT_FAIL},
+
+                 {"mig_destroy", FAULT_MIG_DESTROY},
+                 {"mig_create", FAULT_MIG_CREATE}};
     int found = 0;
     for (size_t i = 0; cJSON_IsString(kind) && i < sizeof kinds / sizeof kinds[0]; i++) {
         if (strcmp(kinds[i].name, kind->valuestring) == 0) {
@@ -495,6 +502,28 @@ static int parse_line(const char *line, fault_record *r, char *why, size_t whyle
     if (r->kind == FAULT_RECOVERY_ACTION && cJSON_GetObjectItemCaseSensitive(o, "value") == NULL) {
         snprintf(why, whylen, "a recovery_action needs \"value\"");
         goto out;
+    }
+    if (r->kind == FAULT_MIG_DESTROY && r->gi == FAKE_NO_ID) {
+        snprintf(why, whylen, "a mig_destroy needs \"gi\"");
+        goto out;
+    }
+    if (r->kind == FAULT_MIG_CREATE) {
+        unsigned long long placement;
+        const cJSON *uuid = cJSON_GetObjectItemCaseSensitive(o, "uuid");
+        if (cJSON_GetObjectItemCaseSensitive(o, "profile_id") == NULL ||
+            num_field(o, "profile_id", 0, &val) ||
+            num_field(o, "placement_start", FAKE_NO_ID, &placement)) {
+            snprintf(why, whylen, "a mig_create needs a numeric \"profile_id\"");
+            goto out;
+        }
+        if (uuid != NULL && (!cJSON_IsString(uuid) || strncmp(uuid->valuestring, "MIG-", 4) != 0 ||
+                             strlen(uuid->valuestring) >= FAKE_STR)) {
+            snprintf(why, whylen, "\"uuid\" must be a MIG UUID string");
+            goto out;
+        }
+        r->value = (unsigned int)val;
+        r->placement = (unsigned int)placement;
+        if (uuid != NULL) snprintf(r->uuid, sizeof r->uuid, "%s", uuid->valuestring);
     }
     if (r->kind == FAULT_XID && r->ci != FAKE_NO_ID && r->gi == FAKE_NO_ID) {
         snprintf(why, whylen, "\"ci\" given without \"gi\"");

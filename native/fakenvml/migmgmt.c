@@ -29,6 +29,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -70,11 +71,99 @@ void fake_mig_reset(void) {
     }
 }
 
+static int uuid_taken(const char *uuid) {
+    for (int i = 0; i < g_sys.gpu_count; i++)
+        for (int j = 0; j < g_gpus[i].mig_count; j++)
+            if (g_gpus[i].migs[j].state == FAKE_SLOT_MIG &&
+                strcasecmp(g_gpus[i].migs[j].uuid, uuid) == 0)
+                return 1;
+    return 0;
+}
+
+static int free_slot(const fake_gpu *g) {
+    for (int i = 0; i < FAKE_MAX_MIG_PER_GPU; i++)
+        if (i >= g->mig_count || g->migs[i].state == FAKE_SLOT_FREE) return i;
+    return -1;
+}
+
+static fake_mig *take_slot(fake_gpu *g, int slot) {
+    if (slot >= g->mig_count) {
+        for (int i = g->mig_count; i < slot; i++) g->migs[i].state = FAKE_SLOT_FREE;
+        g->mig_count = slot + 1;
+    }
+    fake_mig *m = &g->migs[slot];
+    memset(m, 0, sizeof *m);
+    return m;
+}
+
+/* An operator's `nvidia-smi mig -cgi P -C` ("mig_create": value = profile id,
+ * placement and gi optional) and `-dci -dgi -gi N` ("mig_destroy"): the whole
+ * MIG device at once. What the GPU cannot take is logged and changes nothing. */
+static void operator_create(fake_gpu *g, const fault_record *r) {
+    int p = profile_slot(g, r->value);
+    unsigned int live = 0;
+    for (int i = 0; i < g->mig_count; i++) live += g->migs[i].state != FAKE_SLOT_FREE;
+    int slot = free_slot(g);
+    if (!g->mig_current || p < 0 || live >= g->max_mig_devices || slot < 0) {
+        fake_warn("mig_create: GPU %u cannot take a MIG device of profile %u", g->index, r->value);
+        return;
+    }
+    const fake_profile *pr = &g->profiles[p];
+    unsigned int used = used_slices(g);
+    long start = -1;
+    for (unsigned int k = 0; k < pr->placement_count && start < 0; k++) {
+        unsigned int at = pr->placements[k];
+        if ((r->placement == FAKE_NO_ID || r->placement == at) && !(used & mask_of(pr, at)))
+            start = at;
+    }
+    if (start < 0) {
+        fake_warn("mig_create: no free placement for profile %u on GPU %u", r->value, g->index);
+        return;
+    }
+    unsigned int gi = r->gi;
+    if (gi == FAKE_NO_ID)
+        for (gi = 1; by_gi(g, gi) != NULL; gi++) {
+        }
+    if (by_gi(g, gi) != NULL) {
+        fake_warn("mig_create: GPU %u already has GPU instance %u", g->index, gi);
+        return;
+    }
+    char uuid[FAKE_STR];
+    if (r->uuid[0])
+        snprintf(uuid, sizeof uuid, "%s", r->uuid);
+    else
+        snprintf(uuid, sizeof uuid, "MIG-%08x-0000-4000-8000-%012x", g->index + 1, gi);
+    if (uuid_taken(uuid)) {
+        fake_warn("mig_create: MIG uuid %s already exists; nothing created", uuid);
+        return;
+    }
+    fake_mig *m = take_slot(g, slot);
+    m->state = FAKE_SLOT_MIG;
+    m->profile = p;
+    m->placement_start = (unsigned int)start;
+    m->gi_id = gi;
+    m->ci_id = 0;
+    snprintf(m->uuid, sizeof m->uuid, "%s", uuid);
+}
+
+static void operator_destroy(fake_gpu *g, unsigned int gi) {
+    fake_mig *m = by_gi(g, gi);
+    if (m == NULL) {
+        fake_warn("mig_destroy: GPU %u has no GPU instance %u; nothing destroyed", g->index, gi);
+        return;
+    }
+    memset(m, 0, sizeof *m);
+    m->state = FAKE_SLOT_FREE;
+    while (g->mig_count > 0 && g->migs[g->mig_count - 1].state == FAKE_SLOT_FREE) g->mig_count--;
+}
+
 void fake_mig_apply(const fault_record *r) {
     if (r->gpu < 0 || r->gpu >= g_sys.gpu_count) return;
     fake_gpu *g = &g_gpus[r->gpu];
     fake_mig *m = by_gi(g, r->gi);
     switch (r->kind) {
+    case FAULT_MIG_CREATE: operator_create(g, r); return;
+    case FAULT_MIG_DESTROY: operator_destroy(g, r->gi); return;
     case FAULT_GI_CREATE: {
         int p = profile_slot(g, r->profile_id);
         int slot = -1;

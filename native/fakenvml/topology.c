@@ -420,8 +420,6 @@ static int parse_mig_devices(const cJSON *mig, const char *where, fake_gpu *g, c
         m->state = FAKE_SLOT_MIG;
         g->mig_count++;
     }
-    g->topo_mig_count = g->mig_count;
-    memcpy(g->topo_migs, g->migs, sizeof g->migs);
     return 0;
 }
 
@@ -460,6 +458,8 @@ static int parse_gpu(const cJSON *gj, const cJSON *models, const char *where, fa
     h->clocks_event_reasons = reasons;
     h->compute_mode = NVML_COMPUTEMODE_DEFAULT;
     g->health = *h;
+    g->topo_mig_count = g->mig_count;
+    memcpy(g->topo_migs, g->migs, sizeof g->migs);
     return 0;
 }
 

@@ -134,7 +134,7 @@ def test_an_unrecorded_instance_is_destroyed_by_its_intent(
 def test_created_devices_are_left_out_of_the_published_inventory(
     node: fakenvml.FakeNode, backend: NvmlBackend, manager: CffiMigManager
 ) -> None:
-    operator = node.faults.mig_create(0, "1g.5gb", placement=0)
+    operator = node.faults.create_mig_device(0, "1g.5gb", placement=0)
     ours = manager.create(node.spec.gpu(0).uuid, 14, 2)
     inv = _inventory(backend)
     rec = ClaimRecord(

@@ -53,7 +53,7 @@ def _counter_sets(pool: Any) -> dict[str, dict[str, int]]:
 
 
 def test_mig_gpus_publish_counters_and_placements_and_no_full_gpu(node: fakenvml.FakeNode) -> None:
-    operator = node.faults.mig_create(0, "3g.20gb", placement=4)
+    operator = node.faults.create_mig_device(0, "3g.20gb", placement=4)
     pool = build_pool(_inventory(), dynamic_mig=True)
     assert pool.problems == ()
     devices = _devices(pool)

@@ -231,18 +231,18 @@ def test_layout_changes_are_mig_config_events(node: fakenvml.FakeNode) -> None:
 def test_cli_creates_lists_and_destroys_like_an_operator(
     node: fakenvml.FakeNode, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    made = node.faults.mig_create(0, "2g.10gb", placement=2)
+    made = node.faults.create_mig_device(0, "2g.10gb", placement=2)
     assert (made.profile_id, made.placement_start, made.ci_id) == (14, 2, 0)
-    auto = node.faults.mig_create(0, "1g.5gb")
+    auto = node.faults.create_mig_device(0, "1g.5gb")
     assert auto.placement_start == 0
     with pytest.raises(fakenvml.FakeNvmlError, match="Insufficient resources"):
-        node.faults.mig_create(0, "3g.20gb", placement=0)
+        node.faults.create_mig_device(0, "3g.20gb", placement=0)
     with pytest.raises(fakenvml.FakeNvmlError, match="no MIG profile"):
-        node.faults.mig_create(0, "5g.99gb")
+        node.faults.create_mig_device(0, "5g.99gb")
     args = ["--topology", "a100-dynamic", "--faults", str(node.fault_log)]
     assert fakenvml.main(["mig-list", *args]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [m["gi_id"] for m in listed["0"]] == [made.gi_id, auto.gi_id]
     node.faults.xid(0, 43, gi=made.gi_id)  # the injector knows created instances
-    node.faults.mig_destroy(0, made.gi_id)
+    node.faults.destroy_mig_device(0, made.gi_id)
     assert [m.gi_id for m in fakenvml.current_migs(node.spec, node.fault_log)[0]] == [auto.gi_id]
