@@ -25,9 +25,9 @@ from dra_driver.commands.inventory import load_inventory
 from dra_driver.nvml.migops import CffiMigManager
 from dra_driver.prepare.options import PreparerConfig
 from dra_driver.prepare.preparer import ClaimPreparer
-from dra_driver.prepare.sources import MemoryClaimSource
 from dra_driver.prepare.types import ClaimRef
 from dra_driver.settings import Settings
+from dra_driver.testing.claims import MemoryClaimSource
 from dra_driver.testing.fakenvml import library_path
 from dra_driver.testing.simhost import claim_object, claim_uid, populate_host
 
