@@ -235,12 +235,27 @@ class HealthMonitor:
 
         def run() -> None:
             try:
-                future.set_result(fn())
+                result = fn()
             except BaseException as e:
-                future.set_exception(e)
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(e)  # unless its caller gave up
+            else:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_result(result)
 
         threading.Thread(target=run, name=f"nvml-{what}", daemon=True).start()
-        return await asyncio.wrap_future(future)
+        limit = 2 * self.config.deadline
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), limit)
+        except TimeoutError:
+            log.error(
+                "NVML has not answered %s within %gs: devices are checked by polling only",
+                what,
+                limit,
+            )
+            for gpu in self._inventory.gpus:
+                self._unmonitored(gpu.uuid, gpu.index, f"{what} did not answer")
+            return False
 
     async def stop(self) -> None:
         """Stop the producers; returns within about one wait timeout, even with NVML hung."""
