@@ -73,7 +73,12 @@ WATCHED_EVENT_TYPES = ("xid", "dbe", "lost", "recovery_action")
 # so a misbehaving driver cannot create series without bound.
 MAX_XID_LABEL = 999
 # The causes an unprepare can have (it reads only the checkpoint and the CDI directory).
-UNPREPARE_ERROR_KINDS = (ErrorKind.INVALID_CLAIM, ErrorKind.CDI_OR_CHECKPOINT, ErrorKind.INTERNAL)
+UNPREPARE_ERROR_KINDS = (
+    ErrorKind.INVALID_CLAIM,
+    ErrorKind.CDI_OR_CHECKPOINT,
+    ErrorKind.BUSY,
+    ErrorKind.INTERNAL,
+)
 
 
 class PublisherCounters(Protocol):

@@ -416,7 +416,9 @@ FLAGS: tuple[Flag, ...] = (
          frozenset({RUN}), _HEALTH, "SECONDS"),
     Flag("--partitionable-devices", "PARTITIONABLE_DEVICES", parse_bool,
          _D.partitionable_devices,
-         "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36)",
+         "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36): "
+         "a counter set per GPU; until dynamic MIG exists, only the MIG devices that exist "
+         "(and a full GPU not in MIG mode) are published, as only those can be prepared",
          frozenset({RUN, SLICES}), _SLICES_G, boolean=True),
     Flag("--metrics-address", "METRICS_ADDRESS", metrics_address, _D.metrics_address,
          "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:8080 or :8080 "

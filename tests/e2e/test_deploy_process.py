@@ -73,6 +73,7 @@ async def test_modes_state_dir_and_host_paths_under_umask_000(
                     "--state-dir=",  # the default location
                 ],
                 root=root,
+                timeout=60,  # a loaded CI machine: the start is not what this test measures
             )
         finally:
             os.umask(old)
@@ -140,7 +141,7 @@ def probe(plugin: PluginProcess, *flags: str) -> subprocess.CompletedProcess[str
 async def test_probe_passes_on_a_healthy_plugin_and_says_what_fails(
     plugin_factory: PluginFactory,
 ) -> None:
-    plugin = plugin_factory(["--health-poll-interval=0.2"])
+    plugin = plugin_factory(["--health-poll-interval=0.2"], timeout=60)
     ok = probe(plugin, "--max-nvml-age=30")
     assert (ok.returncode, ok.stdout.strip()) == (0, "ok"), ok.stdout + ok.stderr
 

@@ -31,8 +31,8 @@ def inv() -> Inventory:
 
 def _parse(argv: list[str]) -> settings_mod.Settings:
     parser = argparse.ArgumentParser()
-    settings_mod.add_arguments(parser)
-    return settings_mod.from_args(parser.parse_args(argv))
+    settings_mod.add_arguments(parser, settings_mod.RUN)
+    return settings_mod.from_args(parser.parse_args(["--node-name=n", *argv]))
 
 
 def _container_layout(tmp_path: Path, inv: Inventory) -> tuple[HostLayout, Path]:

@@ -31,7 +31,7 @@ from dra_driver.cli import build_parser
 from dra_driver.commands.common import load_settings
 from dra_driver.prepare.config import decode_parameters
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "deploy" / "helm" / "dra-driver-gpu"
 EXAMPLES = REPO / "deploy" / "examples"
 NAMESPACE = "dra-system"
@@ -255,7 +255,6 @@ def test_env_is_flags_and_sockets_and_state_live_in_host_mounts() -> None:
     c = container(docs)
     names = [e["name"] for e in c["env"]]
     assert len(names) == len(set(names)), names
-    settings_mod.add_arguments(argparse.ArgumentParser())
     assert set(names) - NON_FLAG_ENV <= {f.env for f in settings_mod.FLAGS}, (
         set(names) - NON_FLAG_ENV - {f.env for f in settings_mod.FLAGS}
     )
@@ -331,10 +330,13 @@ def test_node_selection_and_extra_values() -> None:
         "kubeletPlugin.extraArgs[0]=--health-resend-interval=5",
         "image.tag=t1",
         "image.pullPolicy=Never",
+        "kubeletPlugin.hostNetwork=true",
     )
     pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
     c = container(docs)
     assert pod["nodeSelector"] == {"gpu": "yes"} and "affinity" not in pod
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    assert "hostNetwork" not in one(render(), "DaemonSet")["spec"]["template"]["spec"]
     assert {"name": "FAKE_NVML", "value": "small"} in c["env"]
     assert c["args"] == ["--health-resend-interval=5"]
     assert (c["image"], c["imagePullPolicy"]) == ("dra-driver-gpu:t1", "Never")
