@@ -286,6 +286,40 @@ class HealthMonitor:
         with self._lock:
             return self.policy.conditions(device)
 
+    def follow(self, inventory: Inventory) -> set[str]:
+        """Monitor a re-enumerated inventory from now on; returns the new device names.
+
+        The board must already list the new devices (the caller adds them as
+        Unknown): their first verdict comes from the sample round started here.
+        A GPU that appeared after the event set was registered is checked by
+        polling; its events are not delivered until the plugin restarts.
+        """
+        with self._lock:
+            new = self.policy.follow(inventory)
+            known = set(self._gpu_by_uuid)
+            self._inventory = inventory
+            self._gpu_by_uuid = {g.uuid: g.name for g in inventory.gpus}
+            self._gpu_by_index = {g.index: g.name for g in inventory.gpus}
+            self._devices = {
+                g.uuid: (g.name, *(d.name for d in g.mig_devices)) for g in inventory.gpus
+            }
+            late = [g for g in inventory.gpus if g.uuid not in known]
+            # The next good sample of a GPU with new devices publishes their verdicts
+            # (as a first answer does): until then they read as not checked yet.
+            touched = {uuid for uuid, names in self._devices.items() if new & set(names)}
+            self._answered_once &= set(self._gpu_by_uuid) - touched
+        for gpu in late:
+            self._apply(
+                partial(
+                    self.policy.set_unmonitored,
+                    gpu.uuid,
+                    "appeared after start: checked by polling only",
+                    gpu.index,
+                )
+            )
+        self.wake()
+        return new
+
     @property
     def event_thread_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -400,6 +400,50 @@ class HealthPolicy:
         names = sorted(self._conds if devices is None else set(devices) & set(self._conds))
         return [self.verdict(n) for n in names]
 
+    # -- re-enumeration ----------------------------------------------------------------
+
+    def follow(self, inventory: Inventory) -> set[str]:
+        """Take a re-enumerated inventory; returns the device names that are new.
+
+        A GPU keeps everything known about it (its conditions, answers, ECC
+        baseline, notes) across the change; only its device list and (GI, CI)
+        map follow the new layout. A MIG device that keeps its name keeps its
+        conditions; a destroyed one's are dropped; a new one starts clean. GPUs
+        not in the new inventory are forgotten (the caller keeps a lost GPU in
+        the inventory it hands over).
+        """
+        gpus: dict[str, _Gpu] = {}
+        by_index: dict[int, _Gpu] = {}
+        conds: dict[str, dict[str, Condition]] = {}
+        by_device: dict[str, _Gpu] = {}
+        for gpu in inventory.gpus:
+            migs = {
+                (d.mig.gpu_instance_id, d.mig.compute_instance_id): d.name
+                for d in gpu.mig_devices
+                if d.mig is not None
+            }
+            devices = (gpu.name, *(d.name for d in gpu.mig_devices))
+            old = self._gpus.get(gpu.uuid)
+            if old is None:
+                state = _Gpu(gpu.index, gpu.uuid, gpu.name, devices, migs)
+            else:
+                state = replace(
+                    old, index=gpu.index, full_name=gpu.name, devices=devices, migs=migs
+                )
+            gpus[gpu.uuid] = state
+            by_index[gpu.index] = state
+            for name in devices:
+                conds[name] = self._conds.get(name, {}) if old is not None else {}
+                by_device[name] = state
+        new = set(conds) - set(self._conds)
+        self._gpus, self._by_index, self._conds, self._gpu_by_device = (
+            gpus,
+            by_index,
+            conds,
+            by_device,
+        )
+        return new
+
     # -- events ------------------------------------------------------------------------
 
     def on_event(self, event: NvmlEvent) -> Outcome:
