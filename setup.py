@@ -12,6 +12,13 @@ from setuptools import Extension, setup
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "native"))
 from nvml_headers import include_dir  # noqa: E402
+from toolchain import missing_toolchain  # noqa: E402
+
+if any(cmd in sys.argv for cmd in ("build_ext", "build", "bdist_wheel", "install", "develop",
+                                   "editable_wheel")):
+    problem = missing_toolchain()
+    if problem:
+        sys.exit(f"error: {problem}")
 
 fake_nvml = Extension(
     # Not a Python module: a plain shared library exporting the NVML C ABI,
@@ -23,7 +30,16 @@ fake_nvml = Extension(
     extra_link_args=["-Wl,-soname,libnvidia-ml.so.1", "-lpthread"],
 )
 
+records = Extension(
+    # The CPython-API half of the fast path: change detection over, and record
+    # building from, the fp_inventory_t that the cffi module fills.
+    "dra_driver.nvml._records",
+    sources=["native/fastpath/records.c"],
+    include_dirs=[include_dir(), "native/fastpath"],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+)
+
 setup(
-    ext_modules=[fake_nvml],
+    ext_modules=[fake_nvml, records],
     cffi_modules=["native/build_fastpath.py:ffibuilder"],
 )

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Mapping
+from typing import Any
 
 from kubernetes import client, config
 
@@ -23,13 +26,28 @@ class NoApiServerConfigError(RuntimeError):
     """Neither a kubeconfig nor an in-cluster service account is available."""
 
 
+class ApiServerConfigError(RuntimeError):
+    """The kubeconfig (or the pod's service account) was given but cannot be used."""
+
+
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """Build an ApiClient from a kubeconfig path, or from the in-cluster environment."""
     cfg = client.Configuration()
     if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        paths = [p for p in kubeconfig.split(os.pathsep) if p]
+        if not any(os.path.isfile(p) for p in paths):
+            raise ApiServerConfigError(f"cannot use kubeconfig {kubeconfig}: no such file")
+        try:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        except Exception as e:  # missing file, bad YAML, no current context, bad certificate
+            raise ApiServerConfigError(f"cannot use kubeconfig {kubeconfig}: {_one_line(e)}") from e
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=cfg)
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except Exception as e:
+            raise ApiServerConfigError(
+                f"cannot use the pod's service account: {_one_line(e)}"
+            ) from e
     else:
         raise NoApiServerConfigError(
             "no API server: pass --kubeconfig (env KUBECONFIG) or run in a pod"
@@ -43,6 +61,26 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     return api
 
 
+def _one_line(e: BaseException) -> str:
+    """An error as one line: YAML and OS errors span several."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def request_timeout(seconds: float = 10.0) -> tuple[float, float]:
     """(connect, read) timeout for one request through the generated client."""
     return (min(seconds, 5.0), seconds)
+
+
+def parse_server_version(doc: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(major, minor) of a /version answer; None when it says nothing usable.
+
+    Managed clusters write minors like "35+"; gitVersion ("v1.35.2-gke.1") is the fallback.
+    """
+    major = re.match(r"\d+", str(doc.get("major") or ""))
+    minor = re.match(r"\d+", str(doc.get("minor") or ""))
+    if major and minor:
+        return int(major.group()), int(minor.group())
+    git = re.match(r"v?(\d+)\.(\d+)", str(doc.get("gitVersion") or ""))
+    return (int(git.group(1)), int(git.group(2))) if git else None

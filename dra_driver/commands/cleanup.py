@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .. import settings as settings_mod
+from .common import load_settings
 
 if TYPE_CHECKING:  # the kubernetes client costs ~0.25 s to import: only when this command runs
     from ..slices.api import SliceApi
@@ -18,9 +19,13 @@ if TYPE_CHECKING:  # the kubernetes client costs ~0.25 s to import: only when th
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "cleanup", help="delete this driver's ResourceSlices for this node (uninstall)"
+        "cleanup",
+        help="delete this driver's ResourceSlices for this node (uninstall)",
+        description="Delete the ResourceSlices this driver published for this node, as after "
+        "an uninstall. The plugin itself leaves them in place when it stops, so that a "
+        "restart does not make the node's devices vanish from the scheduler.",
     )
-    settings_mod.add_arguments(p)
+    settings_mod.add_arguments(p, settings_mod.CLEANUP)
     p.set_defaults(func=run)
 
 
@@ -49,14 +54,14 @@ def delete_node_slices(api: SliceApi, driver: str, node_name: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..k8s import NoApiServerConfigError, load_api_client
+    from ..k8s import ApiServerConfigError, NoApiServerConfigError, load_api_client
     from ..slices.api import ApiError, ApiUnreachable, SliceApi
 
-    s = settings_mod.from_args(args)
+    s = load_settings(args)
     try:
         api = SliceApi(load_api_client(s.kubeconfig))
         n = delete_node_slices(api, s.driver_name, s.node_name)
-    except NoApiServerConfigError as e:
+    except (NoApiServerConfigError, ApiServerConfigError) as e:
         print(f"dra-driver cleanup: {e}", file=sys.stderr)
         return 2
     except ApiError as e:

@@ -12,18 +12,25 @@ from ..inventory import Device, Inventory, Version, build_inventory
 from ..nvml import open_backend
 from ..nvml.errors import NvmlError
 from ..sysfs import pcie_root_resolver
+from .common import load_settings
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("inventory", help="print the GPUs and MIG devices this node would publish")
-    settings_mod.add_arguments(p)
+    p = sub.add_parser(
+        "inventory",
+        help="print the GPUs and MIG devices this node would publish",
+        description="Read this node's GPUs and MIG devices through NVML once and print them "
+        "as the plugin sees them: names, UUIDs, profiles, memory, and any problem found. "
+        "Needs no API server and no kubelet.",
+    )
+    settings_mod.add_arguments(p, settings_mod.INVENTORY)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def load_inventory(s: settings_mod.Settings) -> Inventory:
     """Open NVML, read one snapshot, close. Raises NvmlError."""
-    backend = open_backend(library=s.nvml_library, backend=s.nvml_backend)
+    backend = open_backend(library=s.resolved_nvml_library(), backend=s.nvml_backend)
     try:
         return build_inventory(
             backend.inventory(), backend=backend.name, pcie_root_of=pcie_root_resolver(s.sys_root)
@@ -87,7 +94,7 @@ def _table(inv: Inventory) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    s = settings_mod.from_args(args)
+    s = load_settings(args)
     try:
         inv = load_inventory(s)
     except NvmlError as e:

@@ -8,41 +8,24 @@ from types import FrameType
 from typing import Any
 
 from .. import settings as settings_mod
-from ..kubelet.options import PluginOptions
+from .common import load_settings
 
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+DESCRIPTION = """\
+Run the DRA kubelet plugin of this node: read the GPUs and MIG devices through
+NVML, publish them as ResourceSlices, serve the kubelet's DRA and registration
+sockets (prepare and unprepare claims, write their CDI specs) and, with
+--health, watch device health. Runs until SIGTERM or SIGINT. Every flag also
+reads an environment variable, named in its help.
+"""
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="run the DRA kubelet plugin on this node")
-    settings_mod.add_arguments(p)
-    d = PluginOptions()
-    p.add_argument(
-        "--health-resend-interval",
-        type=_positive,
-        default=d.health_resend_interval,
-        metavar="SECONDS",
-        help="re-send the full device health list this often even without changes",
+    p = sub.add_parser(
+        "run",
+        help="run the DRA kubelet plugin on this node",
+        description=DESCRIPTION,
     )
-    p.add_argument(
-        "--registration-backoff",
-        type=_positive,
-        default=d.registration_backoff,
-        metavar="SECONDS",
-        help="first delay before re-registering after the kubelet refused us (doubles, capped)",
-    )
-    p.add_argument(
-        "--shutdown-grace",
-        type=_positive,
-        default=d.shutdown_grace,
-        metavar="SECONDS",
-        help="how long in-flight kubelet calls may run after SIGTERM",
-    )
+    settings_mod.add_arguments(p, settings_mod.RUN)
     p.set_defaults(func=run)
 
 
@@ -56,11 +39,7 @@ def run(args: argparse.Namespace) -> int:
     # the process cleanly instead of killing it mid-import.
     signal.signal(signal.SIGTERM, _exit_before_start)
     signal.signal(signal.SIGINT, _exit_before_start)
+    settings = load_settings(args)
     from ..app import run as run_app
 
-    options = PluginOptions(
-        health_resend_interval=args.health_resend_interval,
-        registration_backoff=args.registration_backoff,
-        shutdown_grace=args.shutdown_grace,
-    )
-    return run_app(settings_mod.from_args(args), options)
+    return run_app(settings)

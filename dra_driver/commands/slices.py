@@ -13,23 +13,28 @@ from .. import settings as settings_mod
 from ..nvml.errors import NvmlError
 from ..slices import validation
 from ..slices.builder import build_slices
+from .common import load_settings
 from .inventory import load_inventory
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "slices", help="print the ResourceSlices this node would publish (no API server needed)"
+        "slices",
+        help="print the ResourceSlices this node would publish (no API server needed)",
+        description="Read this node's devices through NVML and print the ResourceSlices the "
+        "plugin would publish for them, validated as the API server would. A dry run: "
+        "nothing is written anywhere.",
     )
-    settings_mod.add_arguments(p)
+    settings_mod.add_arguments(p, settings_mod.SLICES)
     p.add_argument(
         "--node", dest="node_name", default=argparse.SUPPRESS, help="alias of --node-name"
     )
-    p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml", help="output format")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    s = settings_mod.from_args(args)
+    s = load_settings(args)
     problem = validation.driver_name_problem(s.driver_name) or validation.pool_name_problem(
         s.node_name
     )

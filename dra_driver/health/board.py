@@ -12,7 +12,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -30,16 +30,29 @@ class DeviceHealth:
     message: str = ""
     reason: str = ""  # short machine-readable cause, e.g. "xid-79", "gpu-lost"
     since: float = 0.0  # unix time of the last change
+    # Unix time of the last check of this device that succeeded (a health sample
+    # that answered, an event that named it): the stream's last_updated_time.
+    checked_at: float = 0.0
+    # What the verdict's conditions need to go away ("gpu-reset", "node-reboot",
+    # ...; "" when nothing is wrong): the taint value carries it.
+    recovery: str = ""
 
 
 class HealthBoard:
     """Thread-safe map of device name -> DeviceHealth with change notification."""
 
-    def __init__(self, devices: Iterable[str] = (), initial: Health = Health.HEALTHY) -> None:
+    def __init__(
+        self,
+        devices: Iterable[str] = (),
+        initial: Health = Health.HEALTHY,
+        initial_message: str = "",
+    ) -> None:
         self._lock = threading.Lock()
         now = time.time()
+        self._initial_message = initial_message
         self._state: dict[str, DeviceHealth] = {
-            name: DeviceHealth(name, initial, since=now) for name in devices
+            name: DeviceHealth(name, initial, initial_message, since=now, checked_at=now)
+            for name in devices
         }
         self._version = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -64,14 +77,20 @@ class HealthBoard:
         with self._lock:
             changed = wanted != set(self._state)
             for name in wanted - set(self._state):
-                self._state[name] = DeviceHealth(name, initial, since=now)
+                self._state[name] = DeviceHealth(
+                    name, initial, self._initial_message, since=now, checked_at=now
+                )
             for name in set(self._state) - wanted:
                 del self._state[name]
         if changed:
             self._bump()
 
     def update(self, verdicts: Iterable[DeviceHealth]) -> bool:
-        """Apply verdicts; returns True (and wakes waiters) if anything changed."""
+        """Apply verdicts; returns True (and wakes waiters) if anything changed.
+
+        A verdict's checked_at (when > 0) moves the device's last check time
+        forward; it never moves it back, and alone it wakes nobody.
+        """
         changed = False
         now = time.time()
         with self._lock:
@@ -79,14 +98,41 @@ class HealthBoard:
                 old = self._state.get(v.device)
                 if old is None:
                     continue
-                if (old.health, old.message, old.reason) != (v.health, v.message, v.reason):
+                checked = max(old.checked_at, v.checked_at)
+                if (old.health, old.message, old.reason, old.recovery) != (
+                    v.health,
+                    v.message,
+                    v.reason,
+                    v.recovery,
+                ):
                     self._state[v.device] = DeviceHealth(
-                        v.device, v.health, v.message, v.reason, v.since or now
+                        v.device,
+                        v.health,
+                        v.message,
+                        v.reason,
+                        v.since or now,
+                        checked,
+                        v.recovery,
                     )
                     changed = True
+                elif checked != old.checked_at:
+                    self._state[v.device] = replace(old, checked_at=checked)
         if changed:
             self._bump()
         return changed
+
+    def mark_checked(self, devices: Iterable[str], at: float | None = None) -> None:
+        """Record a successful check of devices (unix time; now by default), quietly.
+
+        Streams pick the new time up at their next resend: a check that found
+        nothing new is not a change worth a message.
+        """
+        at = time.time() if at is None else at
+        with self._lock:
+            for name in devices:
+                old = self._state.get(name)
+                if old is not None and at > old.checked_at:
+                    self._state[name] = replace(old, checked_at=at)
 
     def _bump(self) -> None:
         with self._lock:

@@ -31,6 +31,7 @@ SOURCES: dict[str, str] = {
     "dra/v1/api.proto": "dra_v1",
     "dra/v1beta1/api.proto": "dra_v1beta1",
     "dra-health/v1alpha1/api.proto": "drahealth_v1alpha1",
+    "dra-health/v1/api.proto": "drahealth_v1",
 }
 
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")

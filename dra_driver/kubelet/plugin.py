@@ -18,14 +18,19 @@ import grpc
 
 from ..health.board import HealthBoard
 from ..prepare.types import Preparer
-from ..settings import Settings
 from .dra import ClaimCalls, DRAPluginV1, DRAPluginV1beta1
 from .health import HealthServicer
-from .options import PluginOptions
+from .options import PluginConfig, PluginOptions
 from .registration import RegistrationServicer, supported_services
 from .server import SocketServer
 from .sockets import PathState, is_live_socket_async
-from .stubs import add_dra_v1, add_dra_v1beta1, add_health_v1alpha1, add_registration
+from .stubs import (
+    add_dra_v1,
+    add_dra_v1beta1,
+    add_health_v1,
+    add_health_v1alpha1,
+    add_registration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +40,28 @@ class KubeletPlugin:
 
     def __init__(
         self,
-        settings: Settings,
+        config: PluginConfig,
         preparer: Preparer,
         board: HealthBoard | None,
         options: PluginOptions | None = None,
     ) -> None:
-        self._settings = settings
+        self._config = config
         self._opts = options or PluginOptions()
         self.calls = ClaimCalls(preparer, self._opts.max_concurrent_claim_calls)
         self.health: HealthServicer | None = None
-        if settings.health and board is not None:
+        if config.health and board is not None:
             self.health = HealthServicer(
                 board,
-                settings.node_name,
+                config.node_name,
                 self._opts.health_resend_interval,
                 self._opts.health_timeout_seconds,
+                check_interval=self._opts.health_check_interval,
+                max_streams=self._opts.max_health_streams,
             )
         self.services = supported_services(self.health is not None)
-        self.dra = SocketServer("dra", settings.dra_socket, self._add_dra_services)
+        self.dra = SocketServer("dra", config.dra_socket, self._add_dra_services)
         self.registration = SocketServer(
-            "registration", settings.registration_socket, self._add_registration_service
+            "registration", config.registration_socket, self._add_registration_service
         )
         self.registered = asyncio.Event()
         self._backoff = self._opts.registration_backoff
@@ -68,12 +75,13 @@ class KubeletPlugin:
         add_dra_v1(DRAPluginV1(self.calls), server)
         add_dra_v1beta1(DRAPluginV1beta1(self.calls), server)
         if self.health is not None:
-            add_health_v1alpha1(self.health, server)
+            add_health_v1(self.health.v1, server)
+            add_health_v1alpha1(self.health.v1alpha1, server)
 
     def _add_registration_service(self, server: grpc.aio.Server) -> None:
         servicer = RegistrationServicer(
-            self._settings.driver_name,
-            Path(self._settings.dra_socket).absolute(),
+            self._config.driver_name,
+            Path(self._config.dra_socket).absolute(),
             self.services,
             self._on_registration_status,
         )
@@ -109,7 +117,7 @@ class KubeletPlugin:
 
     def _on_registration_status(self, registered: bool, error: str) -> None:
         if registered:
-            log.info("registered with the kubelet as %s", self._settings.driver_name)
+            log.info("registered with the kubelet as %s", self._config.driver_name)
             self._backoff = self._opts.registration_backoff
             self._reregister_at = None
             self.registered.set()

@@ -20,14 +20,19 @@ log = logging.getLogger(__name__)
 PLUGIN_TYPE = "DRAPlugin"
 DRA_V1 = "v1.DRAPlugin"
 DRA_V1BETA1 = "v1beta1.DRAPlugin"
+HEALTH_V1 = "v1.DRAResourceHealth"
 HEALTH_V1ALPHA1 = "v1alpha1.DRAResourceHealth"
 
 StatusCallback = Callable[[bool, str], None]
 
 
 def supported_services(health: bool) -> list[str]:
-    """The services on our endpoint, v1 first: the kubelet picks the first one it knows."""
-    return [DRA_V1, DRA_V1BETA1, *([HEALTH_V1ALPHA1] if health else [])]
+    """The services on our endpoint, v1 first: the kubelet picks the first one it knows.
+
+    Both health versions are named: a kubelet opens a health stream only for a
+    service listed here, 1.37+ picks v1, 1.34-1.36 know only v1alpha1.
+    """
+    return [DRA_V1, DRA_V1BETA1, *([HEALTH_V1, HEALTH_V1ALPHA1] if health else [])]
 
 
 class RegistrationServicer(pb_grpc.RegistrationServicer):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ..settings import UNIX_PATH_MAX
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 
 
 class SocketPathError(RuntimeError):

@@ -15,6 +15,7 @@ import grpc
 from .proto import (
     dra_v1_pb2_grpc,
     dra_v1beta1_pb2_grpc,
+    drahealth_v1_pb2_grpc,
     drahealth_v1alpha1_pb2_grpc,
     pluginregistration_v1_pb2_grpc,
 )
@@ -27,6 +28,7 @@ add_dra_v1beta1 = cast(AddToServer, dra_v1beta1_pb2_grpc.add_DRAPluginServicer_t
 add_health_v1alpha1 = cast(
     AddToServer, drahealth_v1alpha1_pb2_grpc.add_DRAResourceHealthServicer_to_server
 )
+add_health_v1 = cast(AddToServer, drahealth_v1_pb2_grpc.add_DRAResourceHealthServicer_to_server)
 add_registration = cast(
     AddToServer, pluginregistration_v1_pb2_grpc.add_RegistrationServicer_to_server
 )
@@ -34,4 +36,5 @@ add_registration = cast(
 dra_v1_stub = cast(StubFactory, dra_v1_pb2_grpc.DRAPluginStub)
 dra_v1beta1_stub = cast(StubFactory, dra_v1beta1_pb2_grpc.DRAPluginStub)
 health_v1alpha1_stub = cast(StubFactory, drahealth_v1alpha1_pb2_grpc.DRAResourceHealthStub)
+health_v1_stub = cast(StubFactory, drahealth_v1_pb2_grpc.DRAResourceHealthStub)
 registration_stub = cast(StubFactory, pluginregistration_v1_pb2_grpc.RegistrationStub)

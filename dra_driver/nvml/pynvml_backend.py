@@ -97,6 +97,7 @@ _TEMPERATURE_GPU = 0  # NVML_TEMPERATURE_GPU
 _ECC_CORRECTED = 0  # NVML_MEMORY_ERROR_TYPE_CORRECTED
 _ECC_UNCORRECTED = 1  # NVML_MEMORY_ERROR_TYPE_UNCORRECTED
 _ECC_VOLATILE = 0  # NVML_VOLATILE_ECC
+_FI_RECOVERY_ACTION = 230  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (drivers 565+)
 
 
 class _Library:
@@ -431,14 +432,35 @@ class PynvmlBackend:
     def health_sample(self) -> list[HealthSample]:
         self._check_open()
         snapshot = self._known_gpus()
-        with self._lock:  # an inventory in another thread rebuilds the handle map
-            return [self._sample(gpu.index, gpu.uuid) for gpu in snapshot.gpus]
+        return [self._sample(gpu.index, gpu.uuid) for gpu in snapshot.gpus]
+
+    def health_sample_gpu(self, index: int) -> HealthSample:
+        self._check_open()
+        gpu = next((g for g in self._known_gpus().gpus if g.index == index), None)
+        if gpu is None:
+            raise error_for(ERROR_INVALID_ARGUMENT, f"no GPU with NVML index {index}", self.name)
+        return self._sample(gpu.index, gpu.uuid)
+
+    def _recovery_action(self, h: Any) -> Reading:
+        """The field as the fast path reads it: an unknown field id means "not supported"."""
+        rc, values = self._try(pynvml.nvmlDeviceGetFieldValues, h, [_FI_RECOVERY_ACTION])
+        if rc != SUCCESS or values is None:
+            return Reading(0, rc)
+        fv = values[0]
+        rc = int(fv.nvmlReturn)
+        if rc == ERROR_INVALID_ARGUMENT:
+            rc = ERROR_NOT_SUPPORTED
+        return Reading(int(fv.value.uiVal) if rc == SUCCESS else 0, rc)
 
     def _sample(self, index: int, uuid: str) -> HealthSample:
-        h = self._handles.get(index)
+        # The lock covers only the handle lookup (an inventory in another thread
+        # rebuilds the map), never the NVML calls: a GPU that hangs holds up
+        # only the thread sampling it.
+        with self._lock:
+            h = self._handles.get(index)
         if h is None:
             missing = Reading(0, ERROR_INVALID_ARGUMENT)
-            return HealthSample(index, uuid, ERROR_INVALID_ARGUMENT, *([missing] * 11))
+            return HealthSample(index, uuid, ERROR_INVALID_ARGUMENT, *([missing] * 12))
         reasons = self._reading(pynvml.nvmlDeviceGetCurrentClocksEventReasons, h)
         if reasons.rc == ERROR_FUNCTION_NOT_FOUND:
             reasons = self._reading(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, h)
@@ -476,6 +498,7 @@ class PynvmlBackend:
             remapped_rows_failure=Reading(int(rows[3]), remap_rc),
             pcie_link_width_current=link,
             pcie_link_width_max=link_max,
+            recovery_action=self._recovery_action(h),
         )
 
     # -- events ----------------------------------------------------------
@@ -565,14 +588,20 @@ class PynvmlBackend:
         if rc != SUCCESS:
             raise error_for(rc, self._message(rc), CALL_SET_COMPUTE_MODE)
 
-    def close(self) -> None:
-        """Free the event set and shut NVML down. Idempotent."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Free the event set and shut NVML down, waiting at most timeout s. Idempotent.
+
+        Only event waits are tracked here (a sample or compute-mode call in
+        another thread is the caller's to bound); one still blocked after
+        timeout leaves NVML initialised and returns False.
+        """
         if self._closed:
-            return
+            return True
         with self._lock:
             self._closed = True
-            while self._waits:
-                self._idle.wait()  # a wait ends within its own timeout
+            if not self._idle.wait_for(lambda: not self._waits, timeout):
+                log.warning("NVML left initialised: an event wait is still inside NVML")
+                return False
             if self._event_set is not None:
                 self._try(pynvml.nvmlEventSetFree, self._event_set)
                 self._event_set = None
@@ -581,6 +610,7 @@ class PynvmlBackend:
                 log.warning("nvmlShutdown: %s (rc=%d)", self._message(rc), rc)
             self._handles = {}
         _Library.release()
+        return True
 
 
 def _symbol(name: str) -> Any:

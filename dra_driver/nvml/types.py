@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from .errors import SUCCESS
+from .errors import ERROR_NOT_SUPPORTED, SUCCESS
 
 # nvmlEventType* bits (nvml.h) the health monitor listens for.
 EVENT_SINGLE_BIT_ECC = 0x0000000000000001
@@ -133,6 +133,10 @@ class Reading(NamedTuple):
         return self.rc == SUCCESS
 
 
+# A reading the driver cannot make (the default of fields older records lack).
+_NOT_SUPPORTED = Reading(0, ERROR_NOT_SUPPORTED)
+
+
 @dataclass(frozen=True)
 class HealthSample:
     """Degradation signals of one GPU at one instant."""
@@ -151,6 +155,9 @@ class HealthSample:
     remapped_rows_failure: Reading
     pcie_link_width_current: Reading
     pcie_link_width_max: Reading
+    # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (nvmlDeviceGpuRecoveryAction_t), drivers 565+;
+    # NOT_SUPPORTED where the driver does not know the field.
+    recovery_action: Reading = _NOT_SUPPORTED
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,14 @@ class NvmlBackend(Protocol):
         """Sample degradation signals of every GPU seen by the last inventory."""
         ...
 
+    def health_sample_gpu(self, index: int) -> HealthSample:
+        """Sample one GPU (by NVML index) without holding up calls on other GPUs.
+
+        Safe to call for different GPUs from different threads at once: a
+        call that hangs on one GPU blocks only its own thread.
+        """
+        ...
+
     def register_events(self, mask: int = HEALTH_EVENT_MASK) -> list[EventRegistration]:
         """Create the event set (once) and register every GPU for mask & supported."""
         ...
@@ -201,8 +216,13 @@ class NvmlBackend(Protocol):
         """nvmlDeviceSetComputeMode on one GPU (claim configuration)."""
         ...
 
-    def close(self) -> None:
-        """Free the event set and shut NVML down. Idempotent."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Free the event set and shut NVML down. Idempotent.
+
+        Waits at most timeout seconds (None: as long as it takes) for calls
+        still inside NVML; when one does not return in time, NVML is left
+        initialised (never shut down under a live call) and this returns False.
+        """
         ...
 
 

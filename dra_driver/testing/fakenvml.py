@@ -13,9 +13,11 @@ count from 0 to 1):
     A topology file path, or the name of a shipped one (``small`` when unset;
     see ``python -m dra_driver.testing.fakenvml topologies``).
 ``FAKE_NVML_FAULTS``
-    The fault log path.  Default: ``$FAKE_NVML_STATE_DIR/<topology name>.faults.jsonl``,
-    with ``FAKE_NVML_STATE_DIR`` defaulting to ``/tmp/fakenvml-<uid>``.  Give each
-    simulated node (and each test) its own log.
+    The fault log path.  Else ``$FAKE_NVML_STATE_DIR/<topology name>.faults.jsonl``
+    when ``FAKE_NVML_STATE_DIR`` is set.  With neither, the run has no fault log
+    and sees no faults: there is no shared default, so an injection made for one
+    run never reaches a later, unrelated one.  To inject, give the driver process
+    and ``inject`` the same log.  Give each simulated node (and each test) its own.
 
 An invalid topology makes ``nvmlInit`` fail with ``NVML_ERROR_UNKNOWN`` and
 prints the reason (file, element, problem) to stderr once.
@@ -101,7 +103,18 @@ target ``gpu`` (its UUID), plus per kind::
     retired_pages  pending (bool, default true) -> nvmlDeviceGetRetiredPagesPendingStatus
     temperature    value (degrees C)          -> nvmlDeviceGetTemperature
     recover        gpu optional (absent = all GPUs): back to topology defaults, except
-                   aggregate ECC counts (kept in the infoROM across a reset)
+                   aggregate ECC counts (kept in the infoROM across a reset); also
+                   lifts that GPU's hangs and delays
+    xid            ... optional action: the recovery action the driver sets with it
+    recovery_action value (nvmlDeviceGpuRecoveryAction_t) -> NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
+                   and an nvmlEventTypeGpuRecoveryAction event (drivers 565+ only:
+                   older ones answer the field "not supported" and have no such event)
+    hang           fn (NVML function name, absent = every function), gpu optional
+                   (absent = every GPU and device-less calls) -> those calls block, with
+                   the library's lock released, until a release; fn
+                   "nvmlEventSetWait_v2" hangs the event wait
+    delay          ms, fn and gpu as for hang -> those calls take ms longer
+    release        fn and gpu as for hang (absent = all) -> lifts matching hangs/delays
 
 Every process folds the whole log into its state at init and then any new
 complete lines as they appear, so persistent faults apply to
@@ -124,9 +137,15 @@ Command line::
         retired-pages --gpu N [--clear]
         temperature --gpu N --celsius T
         recover [--gpu N]
+        recovery-action --gpu N --action A
+        hang [--gpu N] [--fn nvmlDeviceGetTemperature]
+        delay --ms MS [--gpu N] [--fn NAME]
+        release [--gpu N] [--fn NAME]
 
 ``--topology``/``--faults`` default to ``FAKE_NVML_TOPOLOGY``/``FAKE_NVML_FAULTS``
-(resolved as the library does), so the injector and the driver agree by default.
+(resolved as the library does, ``FAKE_NVML_STATE_DIR`` included), so the
+injector and the driver agree when they share the environment; with no fault
+log named, ``inject`` refuses rather than write to a log no driver reads.
 
 Using the fake from nvidia-ml-py: pynvml loads ``CDLL("libnvidia-ml.so.1")``;
 :func:`load_into_pynvml` instead installs ``CDLL(library_path())`` as the
@@ -139,11 +158,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.machinery
 import importlib.util
 import json
 import os
 import struct
 import sys
+import tempfile
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,15 +196,37 @@ class FakeNvmlError(Exception):
     """The fake library is missing, or a topology or fault request is invalid."""
 
 
+def _library_candidates() -> list[Path]:
+    """Where a built fake library may be, in order of preference.
+
+    First this package's own directory. Then the same place in every other
+    copy of the package on sys.path: run from a source checkout after
+    ``pip install .``, the unbuilt source tree shadows the installed package,
+    whose directory holds the library.
+    """
+    spec = importlib.util.find_spec(LIBRARY_MODULE)
+    out = [Path(spec.origin)] if spec is not None and spec.origin else []
+    names = [f"_fakenvml{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    for entry in sys.path:
+        base = Path(entry or ".") / "dra_driver" / "testing"
+        out.extend(base / name for name in names)
+    return out
+
+
 def library_path() -> str:
     """Path of the built fake libnvidia-ml (located without importing it)."""
-    spec = importlib.util.find_spec(LIBRARY_MODULE)
-    if spec is None or spec.origin is None or not os.path.isfile(spec.origin):
-        raise FakeNvmlError(
-            "the fake NVML library is not built: run "
-            "`python setup.py build_ext --inplace` (or install the package)"
-        )
-    return spec.origin
+    seen: set[Path] = set()
+    for candidate in _library_candidates():
+        resolved = candidate.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        if resolved.is_file():
+            return str(resolved)
+    raise FakeNvmlError(
+        "the fake NVML library is not built (looked in every dra_driver/testing on sys.path): "
+        "run `pip install .` or `python setup.py build_ext --inplace` (needs a C compiler)"
+    )
 
 
 def topology_names() -> list[str]:
@@ -289,10 +332,22 @@ def load_topology(spec: str | os.PathLike[str] | None = None) -> Topology:
 
 
 def default_fault_log(topology_name: str, environ: Mapping[str, str] | None = None) -> Path:
-    """The fault log the library uses when FAKE_NVML_FAULTS is unset."""
+    """The fault log the library uses when FAKE_NVML_FAULTS is unset: under FAKE_NVML_STATE_DIR."""
     env = os.environ if environ is None else environ
-    state = env.get(ENV_STATE_DIR) or f"/tmp/fakenvml-{os.getuid()}"
+    state = env.get(ENV_STATE_DIR)
+    if not state:
+        raise FakeNvmlError(f"no fault log: neither {ENV_FAULTS} nor {ENV_STATE_DIR} is set")
     return Path(state) / f"{topology_name}.faults.jsonl"
+
+
+def fault_log_of(topology_name: str, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The fault log a library run in environ reads, exactly as it resolves it; None: none."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_FAULTS):
+        return Path(env[ENV_FAULTS])
+    if env.get(ENV_STATE_DIR):
+        return default_fault_log(topology_name, env)
+    return None
 
 
 def parse_throttle_reasons(text: str) -> int:
@@ -320,16 +375,23 @@ class FaultInjector:
 
     def _append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        self.fault_log.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.fault_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            # One write on O_APPEND: readers never see two records interleaved.
-            if os.write(fd, line) != len(line):
-                raise FakeNvmlError(f"short write to {self.fault_log}")
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        self._bump_generation(size)
+            self.fault_log.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(
+                self.fault_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+            try:
+                # One write on O_APPEND: readers never see two records interleaved.
+                if os.write(fd, line) != len(line):
+                    raise FakeNvmlError(f"short write to {self.fault_log}")
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            self._bump_generation(size)
+        except OSError as e:
+            raise FakeNvmlError(
+                f"cannot write fault log {self.fault_log}: {e.strerror or e}"
+            ) from e
 
     def _bump_generation(self, size: int) -> None:
         """Publish the new log size in the sidecar every reader maps.
@@ -347,12 +409,26 @@ class FaultInjector:
     def _gpu(self, index: int) -> TopologyGpu:
         return self.topology.gpu(index)
 
-    def xid(self, gpu: int, xid: int, gi: int | None = None, ci: int | None = None) -> None:
-        """An XID on the whole GPU, or attributed to one MIG GPU/compute instance."""
+    def xid(
+        self,
+        gpu: int,
+        xid: int,
+        gi: int | None = None,
+        ci: int | None = None,
+        action: int | None = None,
+    ) -> None:
+        """An XID on the whole GPU, or attributed to one MIG GPU/compute instance.
+
+        action: the recovery action the driver sets along with it (565+ drivers).
+        """
         g = self._gpu(gpu)
         if xid < 0:
             raise FakeNvmlError("an XID is a non-negative number")
         record: dict[str, Any] = {"kind": "xid", "gpu": g.uuid, "xid": xid}
+        if action is not None:
+            if not 0 <= action <= 0xFFFF:
+                raise FakeNvmlError("a recovery action is a small non-negative number")
+            record["action"] = action
         if ci is not None and gi is None:
             raise FakeNvmlError("--ci needs --gi")
         if gi is not None:
@@ -429,6 +505,37 @@ class FaultInjector:
             raise FakeNvmlError("temperature must be 0..200 C")
         self._append({"kind": "temperature", "gpu": self._gpu(gpu).uuid, "value": celsius})
 
+    def _stall_target(self, kind: str, gpu: int | None, fn: str | None) -> dict[str, Any]:
+        record: dict[str, Any] = {"kind": kind}
+        if gpu is not None:
+            record["gpu"] = self._gpu(gpu).uuid
+        if fn is not None:
+            if not fn.startswith("nvml") or not fn.isidentifier() or len(fn) >= 64:
+                raise FakeNvmlError(f"{fn!r} is not an NVML function name (nvml...)")
+            record["fn"] = fn
+        return record
+
+    def hang(self, gpu: int | None = None, fn: str | None = None) -> None:
+        """Calls of fn (every function if None) on gpu (every GPU if None) block until released."""
+        self._append(self._stall_target("hang", gpu, fn))
+
+    def delay(self, ms: int, gpu: int | None = None, fn: str | None = None) -> None:
+        """Calls of fn on gpu take ms milliseconds longer (until released)."""
+        if not 0 < ms <= 600_000:
+            raise FakeNvmlError("a delay is 1..600000 ms")
+        self._append({**self._stall_target("delay", gpu, fn), "ms": ms})
+
+    def release(self, gpu: int | None = None, fn: str | None = None) -> None:
+        """Lift the hangs and delays matching gpu and fn (all of them when both are None)."""
+        self._append(self._stall_target("release", gpu, fn))
+
+    def recovery_action(self, gpu: int, action: int) -> None:
+        """Set the GPU's NVML recovery action (0 none, 1 GPU reset, 2 node reboot, 3 drain
+        P2P, 4 drain and reset, ...), with its event, as a 565+ driver reports it."""
+        if not 0 <= action <= 0xFFFF:
+            raise FakeNvmlError("a recovery action is a small non-negative number")
+        self._append({"kind": "recovery_action", "gpu": self._gpu(gpu).uuid, "value": action})
+
     def recover(self, gpu: int | None = None) -> None:
         """Clear one GPU's faults (or every GPU's), as after a GPU reset."""
         record: dict[str, Any] = {"kind": "recover"}
@@ -436,10 +543,47 @@ class FaultInjector:
             record["gpu"] = self._gpu(gpu).uuid
         self._append(record)
 
+    # Operator actions, not faults: a static MIG re-layout on a GPU in MIG mode, as
+    # `nvidia-smi mig -dci -dgi -gi N` / `nvidia-smi mig -cgi P -C` make it. Every
+    # process on the topology sees the new layout at its next NVML call; a
+    # re-layout the GPU cannot take (no room, no such instance) is logged by the
+    # library and changes nothing.
+
+    def mig_destroy(self, gpu: int, gi: int) -> None:
+        """Destroy the MIG device (GPU instance gi and its compute instance)."""
+        if gi < 0:
+            raise FakeNvmlError("a GPU instance id is a non-negative number")
+        self._append({"kind": "mig_destroy", "gpu": self._gpu(gpu).uuid, "gi": gi})
+
+    def mig_create(
+        self,
+        gpu: int,
+        profile_id: int,
+        placement_start: int | None = None,
+        gi: int | None = None,
+        uuid: str | None = None,
+    ) -> None:
+        """Create a MIG device of GPU instance profile profile_id (placement, GI id and UUID
+        chosen by the library when not given: first free placement, smallest free GI id)."""
+        record: dict[str, Any] = {
+            "kind": "mig_create",
+            "gpu": self._gpu(gpu).uuid,
+            "profile_id": profile_id,
+        }
+        if placement_start is not None:
+            record["placement_start"] = placement_start
+        if gi is not None:
+            record["gi"] = gi
+        if uuid is not None:
+            if not uuid.startswith("MIG-"):
+                raise FakeNvmlError("a MIG UUID starts with 'MIG-'")
+            record["uuid"] = uuid
+        self._append(record)
+
 
 @dataclass
 class FakeNode:
-    """One simulated node: a topology plus its own fault log.
+    """One simulated node: a topology plus its own fault log (default: in a new temp dir).
 
     ``env()`` gives the variables a driver process needs; ``apply_env`` sets
     them in a mapping (``os.environ`` for the current process, before its
@@ -453,8 +597,9 @@ class FakeNode:
 
     def __post_init__(self) -> None:
         self.spec = load_topology(self.topology)
-        if self.fault_log is None:
-            self.fault_log = default_fault_log(self.spec.name)
+        if self.fault_log is None:  # a log of this node's own, never a shared one
+            state = tempfile.mkdtemp(prefix=f"fakenvml-{self.spec.name}-")
+            self.fault_log = Path(state) / f"{self.spec.name}.faults.jsonl"
         self.fault_log = Path(self.fault_log)
         self.faults = FaultInjector(self.spec, self.fault_log)
 
@@ -514,7 +659,9 @@ def _build_parser() -> argparse.ArgumentParser:
     inject.add_argument(
         "--faults",
         type=Path,
-        help=f"fault log (default: ${ENV_FAULTS}, else derived from the topology name)",
+        help=f"fault log (default: ${ENV_FAULTS}, else ${ENV_STATE_DIR}/<topology>.faults.jsonl;"
+        " with neither, inject refuses: a driver run reads faults only from a log it is given "
+        f"the same way, so an injection never leaks into later, unrelated runs)",
     )
     kinds = inject.add_subparsers(dest="kind", required=True)
 
@@ -527,6 +674,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xid", type=int, required=True, help="XID number, e.g. 79, 48, 94")
     p.add_argument("--gi", type=int, help="GPU instance id of the MIG device it hits")
     p.add_argument("--ci", type=int, help="compute instance id (default: the GI's only CI)")
+    p.add_argument("--action", type=int, help="recovery action the driver sets with it (565+)")
     kind("lost", "the GPU falls off the bus (GPU_IS_LOST from then on)")
     p = kind("ecc", "ECC errors: SBE (corrected) and/or DBE (uncorrected)")
     p.add_argument("--corrected", type=int, default=0, help="single-bit errors to add")
@@ -549,18 +697,37 @@ def _build_parser() -> argparse.ArgumentParser:
     p = kind("temperature", "set the GPU temperature")
     p.add_argument("--celsius", type=int, required=True)
     kind("recover", "clear the faults of one GPU (--gpu) or of all", gpu_required=False)
+    p = kind("recovery-action", "set the GPU's NVML recovery action (field 230 and its event)")
+    p.add_argument(
+        "--action",
+        type=int,
+        required=True,
+        help="0 none, 1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and reset",
+    )
+    for name, text in (
+        ("hang", "NVML calls block until released (every GPU / function unless named)"),
+        ("delay", "NVML calls take longer (every GPU / function unless named)"),
+        ("release", "lift hangs and delays (all unless --gpu / --fn name some)"),
+    ):
+        p = kind(name, text, gpu_required=False)
+        p.add_argument("--fn", help="NVML function, e.g. nvmlDeviceGetTemperature")
+        if name == "delay":
+            p.add_argument("--ms", type=int, required=True, help="milliseconds added per call")
     return parser
 
 
 def _inject(args: argparse.Namespace) -> None:
     topo = load_topology(args.topology)
-    log = args.faults or (
-        Path(os.environ[ENV_FAULTS]) if os.environ.get(ENV_FAULTS) else default_fault_log(topo.name)
-    )
+    log = args.faults or fault_log_of(topo.name)
+    if log is None:
+        raise FakeNvmlError(
+            f"no fault log: give --faults PATH or set {ENV_FAULTS}, and run the driver with "
+            f"the same {ENV_FAULTS} (there is no shared default log)"
+        )
     inj = FaultInjector(topo, log)
     k = args.kind
     if k == "xid":
-        inj.xid(args.gpu, args.xid, args.gi, args.ci)
+        inj.xid(args.gpu, args.xid, args.gi, args.ci, args.action)
     elif k == "lost":
         inj.lost(args.gpu)
     elif k == "ecc":
@@ -577,6 +744,14 @@ def _inject(args: argparse.Namespace) -> None:
         inj.temperature(args.gpu, args.celsius)
     elif k == "recover":
         inj.recover(args.gpu)
+    elif k == "recovery-action":
+        inj.recovery_action(args.gpu, args.action)
+    elif k == "hang":
+        inj.hang(args.gpu, args.fn)
+    elif k == "delay":
+        inj.delay(args.ms, args.gpu, args.fn)
+    elif k == "release":
+        inj.release(args.gpu, args.fn)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

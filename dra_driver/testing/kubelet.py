@@ -23,11 +23,13 @@ from typing import Any
 import grpc
 
 from ..kubelet.proto import dra_v1_pb2, dra_v1beta1_pb2
+from ..kubelet.proto import drahealth_v1_pb2 as health_v1_pb
 from ..kubelet.proto import drahealth_v1alpha1_pb2 as health_pb
 from ..kubelet.proto import pluginregistration_v1_pb2 as reg_pb
 from ..kubelet.stubs import (
     dra_v1_stub,
     dra_v1beta1_stub,
+    health_v1_stub,
     health_v1alpha1_stub,
     registration_stub,
 )
@@ -41,6 +43,8 @@ CALL_TIMEOUT = 45.0
 PLUGIN_TYPE = "DRAPlugin"
 # What kubelet 1.34-1.36 accepts, by the plugin's own order of preference.
 KUBELET_SERVICES = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
+# Health services a 1.37 kubelet consumes, preferred first (1.36 knows only v1alpha1).
+HEALTH_VERSIONS = ("v1", "v1alpha1")
 
 # The plugin may answer large messages for big batches; the kubelet's grpc-go
 # client keeps the 4 MiB default, but tests send far larger requests.
@@ -71,6 +75,14 @@ class PluginRegistration:
     @property
     def has_health(self) -> bool:
         return any(s.endswith(".DRAResourceHealth") for s in self.supported_versions)
+
+    @property
+    def health_version(self) -> str:
+        """The health service a 1.37 kubelet would open: v1 when named, else v1alpha1 ("")."""
+        for version in HEALTH_VERSIONS:
+            if f"{version}.DRAResourceHealth" in self.supported_versions:
+                return version
+        return ""
 
 
 def select_service(supported: Sequence[str], kubelet: Sequence[str] = KUBELET_SERVICES) -> str:
@@ -219,6 +231,7 @@ class DraClient:
         self._channel = grpc.aio.insecure_channel(_unix_target(endpoint), options=_CHANNEL_OPTIONS)
         self._stub = (dra_v1_stub if version == "v1" else dra_v1beta1_stub)(self._channel)
         self._health = health_v1alpha1_stub(self._channel)
+        self._health_v1 = health_v1_stub(self._channel)
 
     @classmethod
     def for_registration(cls, reg: PluginRegistration) -> DraClient:
@@ -243,9 +256,20 @@ class DraClient:
         request = self._pb.NodeUnprepareResourcesRequest(claims=_claims(claims, self._pb))
         return await self._stub.NodeUnprepareResources(request, timeout=timeout)
 
-    async def watch_health(self) -> AsyncGenerator[health_pb.NodeWatchResourcesResponse, None]:
-        """NodeWatchResources as an async iterator; leaving the loop cancels the stream."""
-        call = self._health.NodeWatchResources(health_pb.NodeWatchResourcesRequest())
+    async def watch_health(
+        self, version: str = "v1alpha1"
+    ) -> AsyncGenerator[health_pb.NodeWatchResourcesResponse, None]:
+        """NodeWatchResources (v1alpha1 or v1) as an async iterator; leaving it cancels.
+
+        Both versions carry the same messages; v1 ones are yielded as they come
+        (field for field the same as the v1alpha1 type this is annotated with).
+        """
+        if version == "v1":
+            call = self._health_v1.NodeWatchResources(health_v1_pb.NodeWatchResourcesRequest())
+        elif version == "v1alpha1":
+            call = self._health.NodeWatchResources(health_pb.NodeWatchResourcesRequest())
+        else:
+            raise ValueError(f"unknown DRAResourceHealth version {version!r}")
         try:
             async for message in call:
                 yield message

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from ..inventory import Inventory, build_inventory, normalize_pci_bus_id
-from ..nvml.types import MIG_DISABLE, MIG_ENABLE, GpuRecord, MigRecord, NvmlSnapshot
+from ..nvml.types import MigRecord, NvmlSnapshot
+from . import records
 from .fakenvml import FakeNvmlError, Topology, load_topology, topology_names
 
 # Character device majors. 195 is NVIDIA's fixed major on every host
@@ -103,48 +104,36 @@ def make_snapshot(
 ) -> NvmlSnapshot:
     """A synthetic H100-like node; GPUs listed in mig_gpus carry two 3g.40gb MIG devices."""
     mig = set(mig_gpus)
-    records = []
-    for i in range(gpus):
-        migs: tuple[MigRecord, ...] = ()
-        if i in mig:
-            migs = tuple(
-                MigRecord(
-                    index=j,
-                    uuid=f"MIG-{uuid_mod.UUID(int=(i + 1) << 64 | (j + 1))}",
-                    gpu_instance_id=1 + j,
-                    compute_instance_id=0,
-                    gi_profile_id=9,
-                    profile_name="3g.40gb",
-                    placement_start=4 * j,
-                    placement_size=4,
-                    multiprocessors=60,
-                    copy_engines=3,
-                    decoders=3,
-                    encoders=0,
-                    jpeg_engines=3,
-                    ofa_engines=0,
-                    memory_bytes=40 * 1024**3,
-                )
-                for j in range(2)
+
+    def mig_devices(i: int) -> tuple[MigRecord, ...]:
+        return tuple(
+            records.mig_record(
+                4 * j,
+                4,
+                gpu=i,
+                index=j,
+                gi=1 + j,
+                uuid=f"MIG-{uuid_mod.UUID(int=(i + 1) << 64 | (j + 1))}",
+                multiprocessors=60,
+                copy_engines=3,
+                decoders=3,
+                jpeg_engines=3,
             )
-        records.append(
-            GpuRecord(
-                index=i,
-                minor=i,
-                uuid=f"GPU-{uuid_mod.UUID(int=i + 1)}",
-                name="NVIDIA H100 80GB HBM3",
-                brand=2,
-                architecture=9,
-                cuda_compute_capability=(9, 0),
-                memory_total_bytes=80 * 1024**3,
-                pci_bus_id=f"00000000:{0x18 + 0x10 * i:02X}:00.0",
-                mig_mode_current=MIG_ENABLE if i in mig else MIG_DISABLE,
-                mig_mode_pending=MIG_ENABLE if i in mig else MIG_DISABLE,
-                migs=migs,
-            )
+            for j in range(2)
         )
-    return NvmlSnapshot(
-        driver_version=driver_version, cuda_driver_version=12040, gpus=tuple(records)
+
+    return records.snapshot(
+        *(
+            records.gpu_record(
+                i,
+                mig_devices(i) if i in mig else (),
+                uuid=f"GPU-{uuid_mod.UUID(int=i + 1)}",
+                bus=f"00000000:{0x18 + 0x10 * i:02X}:00.0",
+                brand=2,
+            )
+            for i in range(gpus)
+        ),
+        driver_version=driver_version,
     )
 
 

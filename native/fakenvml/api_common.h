@@ -3,8 +3,11 @@
  *
  * FAKE_API(name, (params), (args)) defines the exported function `name`,
  * which takes g_lock, fails with NVML_ERROR_UNINITIALIZED outside an
- * init/shutdown pair, folds new fault-log records, and then runs the body
- * written after the macro (as name##_locked) with the lock held.
+ * init/shutdown pair, folds new fault-log records, honours any hang or delay
+ * fault for this function and the GPU its first argument names (with the
+ * lock released while it waits, as a real NVML call stuck on one GPU leaves
+ * calls on other GPUs alone), and then runs the body written after the macro
+ * (as name##_locked) with the lock held.
  */
 #ifndef FAKENVML_API_COMMON_H
 #define FAKENVML_API_COMMON_H
@@ -16,15 +19,19 @@
 nvmlReturn_t fake_api_enter(void);
 void fake_api_leave(void);
 
-#define FAKE_API(name, params, args)                 \
-    static nvmlReturn_t name##_locked params;        \
-    nvmlReturn_t name params {                       \
-        nvmlReturn_t rc_ = fake_api_enter();         \
-        if (rc_ != NVML_SUCCESS) return rc_;         \
-        rc_ = name##_locked args;                    \
-        fake_api_leave();                            \
-        return rc_;                                  \
-    }                                                \
+#define FAKE_FIRST_(first, ...) first
+#define FAKE_FIRST(args) FAKE_FIRST_ args
+
+#define FAKE_API(name, params, args)                                            \
+    static nvmlReturn_t name##_locked params;                                   \
+    nvmlReturn_t name params {                                                  \
+        nvmlReturn_t rc_ = fake_api_enter();                                    \
+        if (rc_ != NVML_SUCCESS) return rc_;                                    \
+        rc_ = fake_stall(#name, fake_handle_gpu((uintptr_t)(FAKE_FIRST(args)))); \
+        if (rc_ == NVML_SUCCESS) rc_ = name##_locked args;                      \
+        fake_api_leave();                                                       \
+        return rc_;                                                             \
+    }                                                                           \
     static nvmlReturn_t name##_locked params
 
 /* Resolve a device handle.  Physical or MIG handle; *mig is NULL for a

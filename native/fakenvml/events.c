@@ -55,6 +55,11 @@ static struct nvmlEventSet_st *resolve_set(nvmlEventSet_t set) {
     return set->in_use ? set : NULL;
 }
 
+/* The topology's event types, plus the recovery-action event on drivers that have it (565+). */
+static unsigned long long supported(const fake_gpu *g) {
+    return g->supported_events | (fake_has_recovery_action() ? nvmlEventTypeGpuRecoveryAction : 0);
+}
+
 FAKE_API(nvmlEventSetCreate, (nvmlEventSet_t *set), (set)) {
     if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     for (int i = 0; i < FAKE_MAX_EVENT_SETS; i++) {
@@ -90,7 +95,7 @@ FAKE_API(nvmlDeviceGetSupportedEventTypes, (nvmlDevice_t device, unsigned long l
     nvmlReturn_t rc = fake_resolve_gpu(device, &g, NVML_ERROR_NOT_SUPPORTED);
     if (rc != NVML_SUCCESS) return rc;
     if (eventTypes == NULL) return NVML_ERROR_INVALID_ARGUMENT;
-    *eventTypes = g->supported_events;
+    *eventTypes = supported(g);
     return NVML_SUCCESS;
 }
 
@@ -102,7 +107,7 @@ FAKE_API(nvmlDeviceRegisterEvents,
     if (rc != NVML_SUCCESS) return rc;
     struct nvmlEventSet_st *s = resolve_set(set);
     if (s == NULL) return NVML_ERROR_INVALID_ARGUMENT;
-    if (eventTypes & ~g->supported_events) return NVML_ERROR_NOT_SUPPORTED;
+    if (eventTypes & ~supported(g)) return NVML_ERROR_NOT_SUPPORTED;
     if (s->mask[g->index] == 0) s->reg_from[g->index] = g_record_count;
     s->mask[g->index] |= eventTypes;
     return NVML_SUCCESS;
@@ -147,6 +152,11 @@ static nvmlReturn_t event_wait(nvmlEventSet_t set, nvmlEventData_t *data, unsign
     long long deadline = now_ms() + timeoutms;
     nvmlReturn_t rc = fake_api_enter();
     if (rc != NVML_SUCCESS) return rc;
+    rc = fake_stall("nvmlEventSetWait_v2", FAKE_STALL_ANY_GPU); /* a hung event path */
+    if (rc != NVML_SUCCESS) {
+        fake_api_leave();
+        return rc;
+    }
     struct nvmlEventSet_st *s = resolve_set(set);
     if (s == NULL || data == NULL) {
         fake_api_leave();

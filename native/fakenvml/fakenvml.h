@@ -67,6 +67,7 @@ typedef struct {
     int remap_pending, remap_failure;
     int retired_pages_pending;
     nvmlComputeMode_t compute_mode;
+    unsigned int recovery_action; /* nvmlDeviceGpuRecoveryAction_t (field 230) */
 } fake_health;
 
 struct fake_gpu;
@@ -123,6 +124,8 @@ typedef struct fake_gpu {
     fake_profile profiles[FAKE_MAX_PROFILES];
     int mig_count;
     fake_mig migs[FAKE_MAX_MIG_PER_GPU];
+    int topo_mig_count; /* the topology's layout, restored when the fault log is refolded */
+    fake_mig topo_migs[FAKE_MAX_MIG_PER_GPU];
     /* state */
     fake_health defaults;
     fake_health health;
@@ -148,7 +151,20 @@ typedef enum {
     FAULT_RETIRED_PAGES,
     FAULT_TEMPERATURE,
     FAULT_RECOVER,
+    FAULT_HANG,            /* calls of fn (any if "") on gpu (any if -1) block until released */
+    FAULT_DELAY,           /* ... each take ms longer */
+    FAULT_RELEASE,         /* lifts the hangs and delays matching fn / gpu */
+    FAULT_RECOVERY_ACTION, /* the GPU's recovery action becomes value (and an event says so) */
+    /* Operator actions, not faults: a static MIG re-layout (nvidia-smi mig -dgi / -cgi). */
+    FAULT_MIG_DESTROY, /* the MIG device with GPU instance gi is destroyed */
+    FAULT_MIG_CREATE,  /* a MIG device of GI profile value is created (at placement, as gi) */
 } fault_kind;
+
+#define FAKE_FN_LEN 64
+#define FAKE_MAX_STALLS 64
+/* gpu argument of fake_stall() for a call that concerns no single GPU (an
+   event wait): only entries naming its function match, whatever their GPU. */
+#define FAKE_STALL_ANY_GPU (-2)
 
 typedef struct {
     fault_kind kind;
@@ -159,7 +175,21 @@ typedef struct {
     unsigned long long reasons;
     unsigned int value;
     int pending, failure; /* -1: not given (leave unchanged) */
+    char fn[FAKE_FN_LEN]; /* hang / delay / release: NVML function name, "" = any */
+    unsigned int ms;      /* delay */
+    long long action;     /* xid: recovery action it sets (-1: none given) */
+    /* mig_create: placement (FAKE_NO_ID: the first free one), uuid ("" = derived) */
+    unsigned int placement;
+    char uuid[FAKE_STR];
 } fault_record;
+
+/* One active hang or delay (folded from the log). */
+typedef struct {
+    int gpu; /* physical index, -1 = every GPU and device-less calls */
+    char fn[FAKE_FN_LEN];
+    int hang;
+    unsigned int delay_ms;
+} fake_stall_entry;
 
 /* Globals (defined in state.c). */
 extern pthread_mutex_t g_lock;
@@ -184,6 +214,14 @@ void fake_faults_close(void);
 void fake_faults_refresh(void);       /* g_lock held; cheap when nothing changed */
 void fake_faults_refresh_force(void); /* g_lock held; always checks the log */
 int fake_fault_events(const fault_record *rec, nvmlEventData_t *out, int max);
+/* g_lock held: block or delay a call of fn concerning gpu (-1: none) as the
+   active hang/delay faults say, with g_lock released meanwhile. Returns
+   UNINITIALIZED when NVML was shut down during the wait, else SUCCESS. */
+nvmlReturn_t fake_stall(const char *fn, int gpu);
+/* The physical GPU a handle (device, MIG, GPU or compute instance) belongs to, or -1. */
+int fake_handle_gpu(uintptr_t handle);
+/* Whether this driver version knows NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (565+). */
+int fake_has_recovery_action(void);
 
 /* events.c */
 void fake_events_reset(void);

@@ -13,6 +13,12 @@
  * so the per-call check is one memory load instead of an fstat().  Appends by
  * a writer that does not update the sidecar are still noticed: the log is
  * fstat()ed at least every FALLBACK_MS, and always before an event wait.
+ *
+ * Hangs and delays ("hang", "delay", "release" records) model NVML calls that
+ * block on a sick GPU: a call of the named function (any, when none is named)
+ * on the named GPU (any, when none is named) waits with g_lock released, so
+ * calls on other GPUs and event waits go on, until a "release" (or a
+ * "recover" of that GPU) lifts it; a delay adds its milliseconds to each call.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -38,8 +44,11 @@ static off_t g_fold_off;
 static const volatile uint64_t *g_gen_map; /* NULL: fstat on every call */
 static uint64_t g_gen_seen;
 static long long g_last_stat_ms;
+static fake_stall_entry g_stalls[FAKE_MAX_STALLS];
+static int g_stall_count;
 
 #define FALLBACK_MS 100
+#define STALL_POLL_MS 10
 
 static long long coarse_ms(void) {
     struct timespec ts;
@@ -81,16 +90,21 @@ static int mkdirs(const char *dir) {
 
 int fake_faults_open(char *err, size_t errlen) {
     const char *path = getenv("FAKE_NVML_FAULTS");
+    const char *state = getenv("FAKE_NVML_STATE_DIR");
     if (path != NULL && path[0] != '\0') {
         snprintf(g_fault_path, sizeof g_fault_path, "%s", path);
-    } else {
-        const char *state = getenv("FAKE_NVML_STATE_DIR");
-        char def[PATH_MAX];
-        if (state == NULL || state[0] == '\0') {
-            snprintf(def, sizeof def, "/tmp/fakenvml-%u", (unsigned int)getuid());
-            state = def;
-        }
+    } else if (state != NULL && state[0] != '\0') {
         snprintf(g_fault_path, sizeof g_fault_path, "%.3800s/%.200s.faults.jsonl", state, g_sys.name);
+    } else {
+        /* No fault log named: this run sees no faults. A shared default would let an
+         * injection of one run (say `inject lost`) reach every later, unrelated one. */
+        g_fault_path[0] = '\0';
+        g_fault_fd = -1;
+        g_fold_off = 0;
+        g_record_count = 0;
+        g_stall_count = 0;
+        g_gen_map = NULL;
+        return 0;
     }
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", g_fault_path);
@@ -110,6 +124,7 @@ int fake_faults_open(char *err, size_t errlen) {
     }
     g_fold_off = 0;
     g_record_count = 0;
+    g_stall_count = 0;
     g_gen_map = NULL;
     map_generation();
     g_gen_seen = g_gen_map ? *g_gen_map : 0;
@@ -128,6 +143,88 @@ void fake_faults_close(void) {
     g_fold_off = 0;
 }
 
+/* Drop the stalls of gpu (-1: every entry) for fn (NULL: any function). */
+static void stalls_release(int gpu, const char *fn) {
+    int kept = 0;
+    for (int i = 0; i < g_stall_count; i++) {
+        const fake_stall_entry *e = &g_stalls[i];
+        int hit = (gpu < 0 || e->gpu == gpu) && (fn == NULL || strcmp(e->fn, fn) == 0);
+        if (!hit) g_stalls[kept++] = *e;
+    }
+    g_stall_count = kept;
+}
+
+static void stalls_set(const fault_record *r) {
+    stalls_release(r->gpu, r->fn); /* replaces what it covers ("every GPU": all of them) */
+    if (g_stall_count == FAKE_MAX_STALLS) {
+        fake_warn("more than %d hang/delay faults active; record dropped", FAKE_MAX_STALLS);
+        return;
+    }
+    fake_stall_entry *e = &g_stalls[g_stall_count++];
+    e->gpu = r->gpu;
+    snprintf(e->fn, sizeof e->fn, "%s", r->fn);
+    e->hang = r->kind == FAULT_HANG;
+    e->delay_ms = r->kind == FAULT_DELAY ? r->ms : 0;
+}
+
+/* The entry that applies to a call of fn concerning gpu, or NULL. A specific
+   function beats the wildcard; a hang beats a delay. */
+static const fake_stall_entry *stall_for(const char *fn, int gpu) {
+    const fake_stall_entry *best = NULL;
+    for (int i = 0; i < g_stall_count; i++) {
+        const fake_stall_entry *e = &g_stalls[i];
+        int fn_ok = e->fn[0] == '\0' ? gpu != FAKE_STALL_ANY_GPU || e->gpu == -1
+                                      : strcmp(e->fn, fn) == 0;
+        int gpu_ok = e->gpu == -1 || e->gpu == gpu || (gpu == FAKE_STALL_ANY_GPU && e->fn[0]);
+        if (!fn_ok || !gpu_ok) continue;
+        if (best == NULL || (e->hang && !best->hang)) best = e;
+    }
+    return best;
+}
+
+static void sleep_ms(unsigned int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+nvmlReturn_t fake_stall(const char *fn, int gpu) {
+    const fake_stall_entry *e = stall_for(fn, gpu);
+    if (e == NULL) return NVML_SUCCESS;
+    if (!e->hang) {
+        unsigned int ms = e->delay_ms;
+        pthread_mutex_unlock(&g_lock);
+        sleep_ms(ms);
+        pthread_mutex_lock(&g_lock);
+        return g_init_count > 0 ? NVML_SUCCESS : NVML_ERROR_UNINITIALIZED;
+    }
+    while (e != NULL && e->hang) {
+        pthread_mutex_unlock(&g_lock);
+        sleep_ms(STALL_POLL_MS);
+        pthread_mutex_lock(&g_lock);
+        if (g_init_count == 0) return NVML_ERROR_UNINITIALIZED;
+        fake_faults_refresh_force();
+        e = stall_for(fn, gpu);
+    }
+    return NVML_SUCCESS;
+}
+
+int fake_handle_gpu(uintptr_t h) {
+    uintptr_t devs = (uintptr_t)g_dev_handles, migs = (uintptr_t)g_mig_handles;
+    uintptr_t gis = (uintptr_t)g_gi_handles, cis = (uintptr_t)g_ci_handles;
+    if (h >= devs && h < devs + sizeof g_dev_handles)
+        return (int)((h - devs) / sizeof g_dev_handles[0]);
+    if (h >= migs && h < migs + sizeof g_mig_handles)
+        return (int)((h - migs) / sizeof g_mig_handles[0]);
+    if (h >= gis && h < gis + sizeof g_gi_handles) return (int)((h - gis) / sizeof g_gi_handles[0]);
+    if (h >= cis && h < cis + sizeof g_ci_handles) return (int)((h - cis) / sizeof g_ci_handles[0]);
+    return -1;
+}
+
+int fake_has_recovery_action(void) {
+    return atoi(g_sys.driver_version) >= 565;
+}
+
 static void recover_gpu(fake_gpu *g) {
     unsigned long long agg0 = g->health.ecc_aggregate[0], agg1 = g->health.ecc_aggregate[1];
     nvmlComputeMode_t mode = g->health.compute_mode;
@@ -138,14 +235,108 @@ static void recover_gpu(fake_gpu *g) {
     g->health.compute_mode = mode;
 }
 
+/* --- operator MIG re-layout (mig_destroy / mig_create records) --------------------- */
+
+static int mig_uuid_taken(const char *uuid) {
+    for (int i = 0; i < g_sys.gpu_count; i++)
+        for (int j = 0; j < g_gpus[i].mig_count; j++)
+            if (strcasecmp(g_gpus[i].migs[j].uuid, uuid) == 0) return 1;
+    return 0;
+}
+
+static void mig_destroy(fake_gpu *g, unsigned int gi) {
+    for (int j = 0; j < g->mig_count; j++) {
+        if (g->migs[j].gi_id != gi) continue;
+        memmove(&g->migs[j], &g->migs[j + 1], (size_t)(g->mig_count - j - 1) * sizeof g->migs[0]);
+        g->mig_count--;
+        return;
+    }
+    fake_warn("mig_destroy: GPU %u has no GPU instance %u; nothing destroyed", g->index, gi);
+}
+
+static void mig_create(fake_gpu *g, const fault_record *r) {
+    if (!g->mig_current) {
+        fake_warn("mig_create: GPU %u is not in MIG mode; nothing created", g->index);
+        return;
+    }
+    if ((unsigned int)g->mig_count >= g->max_mig_devices || g->mig_count >= FAKE_MAX_MIG_PER_GPU) {
+        fake_warn("mig_create: GPU %u has no room for another MIG device", g->index);
+        return;
+    }
+    int profile = -1;
+    for (int p = 0; p < g->profile_count; p++)
+        if (g->profiles[p].id == r->value) profile = p;
+    if (profile < 0) {
+        fake_warn("mig_create: GPU %u has no GPU instance profile %u", g->index, r->value);
+        return;
+    }
+    const fake_profile *pr = &g->profiles[profile];
+    unsigned int used = 0;
+    for (int i = 0; i < g->mig_count; i++) {
+        const fake_profile *q = &g->profiles[g->migs[i].profile];
+        used |= ((1u << q->placement_size) - 1) << g->migs[i].placement_start;
+    }
+    unsigned int mask = (1u << pr->placement_size) - 1;
+    int start = -1;
+    for (unsigned int k = 0; k < pr->placement_count && start < 0; k++) {
+        unsigned int at = pr->placements[k];
+        if ((r->placement == FAKE_NO_ID || r->placement == at) && !(used & (mask << at)))
+            start = (int)at;
+    }
+    if (start < 0) {
+        fake_warn("mig_create: no free placement for profile %u on GPU %u", r->value, g->index);
+        return;
+    }
+    unsigned int gi = r->gi;
+    if (gi == FAKE_NO_ID) {
+        for (gi = 1; gi <= 64; gi++) {
+            int taken = 0;
+            for (int i = 0; i < g->mig_count; i++) taken |= g->migs[i].gi_id == gi;
+            if (!taken) break;
+        }
+    }
+    for (int i = 0; i < g->mig_count; i++) {
+        if (g->migs[i].gi_id == gi) {
+            fake_warn("mig_create: GPU %u already has GPU instance %u", g->index, gi);
+            return;
+        }
+    }
+    fake_mig m = {.profile = profile, .placement_start = (unsigned int)start, .gi_id = gi};
+    if (r->uuid[0]) {
+        snprintf(m.uuid, sizeof m.uuid, "%s", r->uuid);
+    } else {
+        snprintf(m.uuid, sizeof m.uuid, "MIG-%08x-0000-4000-8000-%012x", g->index + 1, gi);
+    }
+    if (mig_uuid_taken(m.uuid)) {
+        fake_warn("mig_create: MIG uuid %s already exists; nothing created", m.uuid);
+        return;
+    }
+    g->migs[g->mig_count++] = m;
+}
+
 static void apply(const fault_record *r) {
     if (r->kind == FAULT_RECOVER && r->gpu < 0) {
         for (int i = 0; i < g_sys.gpu_count; i++) recover_gpu(&g_gpus[i]);
+        g_stall_count = 0;
+        return;
+    }
+    if (r->kind == FAULT_HANG || r->kind == FAULT_DELAY) {
+        stalls_set(r);
+        return;
+    }
+    if (r->kind == FAULT_RELEASE) {
+        stalls_release(r->gpu, r->fn[0] ? r->fn : NULL);
         return;
     }
     fake_health *h = &g_gpus[r->gpu].health;
     switch (r->kind) {
-    case FAULT_XID: break; /* an XID is an event, not a state */
+    case FAULT_XID: /* an XID is an event; with "action" it also sets the recovery action */
+        if (r->action >= 0) h->recovery_action = (unsigned int)r->action;
+        break;
+    case FAULT_RECOVERY_ACTION: h->recovery_action = r->value; break;
+    case FAULT_HANG:
+    case FAULT_DELAY:
+    case FAULT_RELEASE: break; /* handled above */
     case FAULT_LOST: h->lost = 1; break;
     case FAULT_ECC:
         h->ecc_volatile[NVML_MEMORY_ERROR_TYPE_CORRECTED] += r->corrected;
@@ -163,7 +354,12 @@ static void apply(const fault_record *r) {
         break;
     case FAULT_RETIRED_PAGES: h->retired_pages_pending = r->pending != 0; break;
     case FAULT_TEMPERATURE: h->temperature = r->value; break;
-    case FAULT_RECOVER: recover_gpu(&g_gpus[r->gpu]); break;
+    case FAULT_RECOVER:
+        recover_gpu(&g_gpus[r->gpu]);
+        stalls_release(r->gpu, NULL);
+        break;
+    case FAULT_MIG_DESTROY: mig_destroy(&g_gpus[r->gpu], r->gi); break;
+    case FAULT_MIG_CREATE: mig_create(&g_gpus[r->gpu], r); break;
     }
 }
 
@@ -210,7 +406,13 @@ static int parse_line(const char *line, fault_record *r, char *why, size_t whyle
                  {"pcie", FAULT_PCIE},       {"remap", FAULT_REMAP},
                  {"retired_pages", FAULT_RETIRED_PAGES},
                  {"temperature", FAULT_TEMPERATURE},
-                 {"recover", FAULT_RECOVER}};
+                 {"recover", FAULT_RECOVER},
+                 {"hang", FAULT_HANG},
+                 {"delay", FAULT_DELAY},
+                 {"release", FAULT_RELEASE},
+                 {"recovery_action", FAULT_RECOVERY_ACTION},
+                 {"mig_destroy", FAULT_MIG_DESTROY},
+                 {"mig_create", FAULT_MIG_CREATE}};
     int found = 0;
     for (size_t i = 0; cJSON_IsString(kind) && i < sizeof kinds / sizeof kinds[0]; i++) {
         if (strcmp(kinds[i].name, kind->valuestring) == 0) {
@@ -234,17 +436,37 @@ static int parse_line(const char *line, fault_record *r, char *why, size_t whyle
             snprintf(why, whylen, "GPU %.100s is not in topology %.100s", gpu->valuestring, g_sys.name);
             goto out;
         }
-    } else if (r->kind != FAULT_RECOVER) {
+    } else if (r->kind != FAULT_RECOVER && r->kind != FAULT_HANG && r->kind != FAULT_DELAY &&
+               r->kind != FAULT_RELEASE) {
         snprintf(why, whylen, "missing \"gpu\"");
         goto out;
     }
-    unsigned long long gi, ci, val;
+    const cJSON *fn = cJSON_GetObjectItemCaseSensitive(o, "fn");
+    if (fn != NULL) {
+        if (!cJSON_IsString(fn) || strlen(fn->valuestring) >= FAKE_FN_LEN) {
+            snprintf(why, whylen, "\"fn\" must be an NVML function name (< %d characters)",
+                     FAKE_FN_LEN);
+            goto out;
+        }
+        snprintf(r->fn, sizeof r->fn, "%s", fn->valuestring);
+    }
+    const cJSON *action = cJSON_GetObjectItemCaseSensitive(o, "action");
+    r->action = -1;
+    if (action != NULL) {
+        if (!cJSON_IsNumber(action) || action->valuedouble < 0 || action->valuedouble > 0xffff) {
+            snprintf(why, whylen, "\"action\" must be a recovery action number");
+            goto out;
+        }
+        r->action = (long long)action->valuedouble;
+    }
+    unsigned long long gi, ci, val, ms;
     const fake_gpu *g = r->gpu >= 0 ? &g_gpus[r->gpu] : NULL;
     int bad = num_field(o, "xid", 0, &r->xid) || num_field(o, "gi", FAKE_NO_ID, &gi) ||
               num_field(o, "ci", FAKE_NO_ID, &ci) ||
               num_field(o, "corrected", 0, &r->corrected) ||
               num_field(o, "uncorrected", 0, &r->uncorrected) ||
               num_field(o, "reasons", 0, &r->reasons) || num_field(o, "value", 0, &val) ||
+              num_field(o, "ms", 0, &ms) ||
               bool_field(o, "pending", -1, &r->pending) ||
               bool_field(o, "failure", -1, &r->failure);
     if (bad) {
@@ -254,6 +476,37 @@ static int parse_line(const char *line, fault_record *r, char *why, size_t whyle
     r->gi = (unsigned int)gi;
     r->ci = (unsigned int)ci;
     r->value = (unsigned int)val;
+    r->ms = ms > 600000 ? 600000 : (unsigned int)ms;
+    if (r->kind == FAULT_DELAY && r->ms == 0) {
+        snprintf(why, whylen, "a delay needs \"ms\" > 0");
+        goto out;
+    }
+    if (r->kind == FAULT_RECOVERY_ACTION && cJSON_GetObjectItemCaseSensitive(o, "value") == NULL) {
+        snprintf(why, whylen, "a recovery_action needs \"value\"");
+        goto out;
+    }
+    if (r->kind == FAULT_MIG_DESTROY && r->gi == FAKE_NO_ID) {
+        snprintf(why, whylen, "a mig_destroy needs \"gi\"");
+        goto out;
+    }
+    if (r->kind == FAULT_MIG_CREATE) {
+        unsigned long long placement;
+        const cJSON *uuid = cJSON_GetObjectItemCaseSensitive(o, "uuid");
+        if (cJSON_GetObjectItemCaseSensitive(o, "profile_id") == NULL ||
+            num_field(o, "profile_id", 0, &val) ||
+            num_field(o, "placement_start", FAKE_NO_ID, &placement)) {
+            snprintf(why, whylen, "a mig_create needs a numeric \"profile_id\"");
+            goto out;
+        }
+        if (uuid != NULL && (!cJSON_IsString(uuid) || strncmp(uuid->valuestring, "MIG-", 4) != 0 ||
+                             strlen(uuid->valuestring) >= FAKE_STR)) {
+            snprintf(why, whylen, "\"uuid\" must be a MIG UUID string");
+            goto out;
+        }
+        r->value = (unsigned int)val;
+        r->placement = (unsigned int)placement;
+        if (uuid != NULL) snprintf(r->uuid, sizeof r->uuid, "%s", uuid->valuestring);
+    }
     if (r->kind == FAULT_XID && r->ci != FAKE_NO_ID && r->gi == FAKE_NO_ID) {
         snprintf(why, whylen, "\"ci\" given without \"gi\"");
         goto out;
@@ -283,7 +536,12 @@ static void push_record(const fault_record *r) {
 }
 
 static void reset_state(void) {
-    for (int i = 0; i < g_sys.gpu_count; i++) g_gpus[i].health = g_gpus[i].defaults;
+    for (int i = 0; i < g_sys.gpu_count; i++) {
+        g_gpus[i].health = g_gpus[i].defaults;
+        g_gpus[i].mig_count = g_gpus[i].topo_mig_count;
+        memcpy(g_gpus[i].migs, g_gpus[i].topo_migs, sizeof g_gpus[i].migs);
+    }
+    g_stall_count = 0;
     g_record_count = 0;
     g_fold_off = 0;
 }
@@ -354,6 +612,20 @@ int fake_fault_events(const fault_record *r, nvmlEventData_t *out, int max) {
         e.gpuInstanceId = r->gi;
         e.computeInstanceId = r->ci;
         out[n++] = e;
+        if (r->action >= 0 && fake_has_recovery_action()) {
+            /* The driver follows the XID with its recovery action (Xid 154). */
+            e.eventType = nvmlEventTypeGpuRecoveryAction;
+            e.eventData = (unsigned long long)r->action;
+            e.gpuInstanceId = e.computeInstanceId = FAKE_NO_ID;
+            out[n++] = e;
+        }
+        break;
+    case FAULT_RECOVERY_ACTION:
+        if (fake_has_recovery_action()) {
+            e.eventType = nvmlEventTypeGpuRecoveryAction;
+            e.eventData = r->value;
+            out[n++] = e;
+        }
         break;
     case FAULT_LOST:
         /* The kernel reports Xid 79 ("GPU has fallen off the bus") first. */

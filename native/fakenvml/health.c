@@ -5,6 +5,10 @@
  * without a feature (ECC, row remapping, retired pages, temperature sensor)
  * answers NVML_ERROR_NOT_SUPPORTED, as the real library does; MIG handles
  * answer NOT_SUPPORTED for these board-level queries.
+ *
+ * Field values: only NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, which drivers
+ * before 565 do not know (their per-field answer is INVALID_ARGUMENT, as for
+ * any field id beyond their NVML_FI_MAX); every other field is NOT_SUPPORTED.
  */
 #include "api_common.h"
 
@@ -116,5 +120,28 @@ FAKE_API(nvmlDeviceGetMaxPcieLinkWidth, (nvmlDevice_t device, unsigned int *maxL
     nvmlReturn_t rc = board(device, &g, maxLinkWidth);
     if (rc != NVML_SUCCESS) return rc;
     *maxLinkWidth = g->pcie_width_max;
+    return NVML_SUCCESS;
+}
+
+FAKE_API(nvmlDeviceGetFieldValues, (nvmlDevice_t device, int valuesCount, nvmlFieldValue_t *values),
+         (device, valuesCount, values)) {
+    fake_gpu *g;
+    nvmlReturn_t rc = board(device, &g, values);
+    if (rc != NVML_SUCCESS) return rc;
+    if (valuesCount < 0) return NVML_ERROR_INVALID_ARGUMENT;
+    for (int i = 0; i < valuesCount; i++) {
+        nvmlFieldValue_t *v = &values[i];
+        v->timestamp = 0;
+        v->latencyUsec = 0;
+        if (v->fieldId != NVML_FI_DEV_GET_GPU_RECOVERY_ACTION) {
+            v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        } else if (!fake_has_recovery_action()) {
+            v->nvmlReturn = NVML_ERROR_INVALID_ARGUMENT;
+        } else {
+            v->nvmlReturn = NVML_SUCCESS;
+            v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+            v->value.uiVal = g->health.recovery_action;
+        }
+    }
     return NVML_SUCCESS;
 }

@@ -457,6 +457,8 @@ static int parse_gpu(const cJSON *gj, const cJSON *models, const char *where, fa
     h->clocks_event_reasons = reasons;
     h->compute_mode = NVML_COMPUTEMODE_DEFAULT;
     g->health = *h;
+    g->topo_mig_count = g->mig_count;
+    memcpy(g->topo_migs, g->migs, sizeof g->migs);
     return 0;
 }
 
@@ -489,12 +491,32 @@ int fake_topology_load(char *err, size_t errlen) {
     char *text = read_file(path, err, errlen);
     if (text == NULL) return -1;
     cJSON *root = cJSON_Parse(text);
-    free(text);
     if (root == NULL) {
-        snprintf(err, errlen, "topology %s is not valid JSON (near: %.40s)", path,
-                 cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "?");
+        /* The error pointer points into text: report from it before text is freed. */
+        const char *at = cJSON_GetErrorPtr();
+        int line = 1, col = 1;
+        char near[41] = "?";
+        if (at != NULL) {
+            for (const char *c = text; c < at && *c; c++) {
+                if (*c == '\n') {
+                    line++;
+                    col = 1;
+                } else {
+                    col++;
+                }
+            }
+            size_t n = 0;
+            for (; n < sizeof near - 1 && at[n]; n++)
+                near[n] = (at[n] >= 0x20 && at[n] < 0x7f) ? at[n] : ' ';
+            near[n] = '\0';
+            if (n == 0) snprintf(near, sizeof near, "end of file");
+        }
+        snprintf(err, errlen, "topology %s is not valid JSON at line %d, column %d (near: %s)",
+                 path, line, col, near);
+        free(text);
         return -1;
     }
+    free(text);
     int rc = -1;
     char e2[1024] = "";
     static const char *const keys[] = {"name", "description", "driver_version", "nvml_version",

@@ -9,12 +9,17 @@
  * job (a complete inventory, one health sample of every GPU, one event wait)
  * so Python crosses into native code once per job, not once per NVML call.
  *
- * Threading: ctx->mu guards the handle cache and the event set. Inventory,
- * health, registration and compute-mode calls hold it for their duration. The
- * event wait holds it only to start and to finish (mapping the handle back to
- * an index), never while blocked in nvmlEventSetWait_v2, so it can run in its
- * own thread without stalling the others. fp_close() waits for in-flight calls
- * to leave before it frees the event set and shuts NVML down.
+ * Threading: ctx->mu guards the handle cache, the event set and the count of
+ * calls in flight; it is never held across an NVML call that may block on a
+ * sick GPU. A health sample, a compute-mode change and an event wait take it
+ * only to enter (copy the handle, count themselves busy) and to leave, so a
+ * call hung on one GPU (a GPU off the bus can block NVML for minutes) stalls
+ * neither the samples of other GPUs nor the event wait that reports its XID.
+ * Inventory and event registration run once at start, alone, and keep the
+ * lock for their whole job. fp_close_timed() waits a bounded time for busy
+ * calls to leave; when one does not, NVML is left initialised and the context
+ * is never freed (the process is about to exit; a call still inside NVML must
+ * not find freed memory or a shut-down library when it returns).
  */
 #define _GNU_SOURCE
 #include "fastpath.h"
@@ -24,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <nvml.h>
 
@@ -90,7 +96,8 @@ _Static_assert(sizeof(((fp_profile_t *)0)->placements) / sizeof(fp_placement_t)
     X(nvmlEventSetCreate, 0)                           \
     X(nvmlEventSetWait_v2, 0)                          \
     X(nvmlEventSetFree, 0)                             \
-    X(nvmlDeviceSetComputeMode, 0)
+    X(nvmlDeviceSetComputeMode, 0)                     \
+    X(nvmlDeviceGetFieldValues, 0)
 
 #define FP_STR(x) #x
 #define FP_XSTR(x) FP_STR(x)
@@ -111,7 +118,9 @@ struct fp_ctx {
     char missing[FP_MISSING_LEN];
     pthread_mutex_t mu;
     pthread_cond_t idle;
-    unsigned int busy;   /* event waits in flight */
+    unsigned int busy;   /* NVML calls in flight without mu held */
+    unsigned int closers; /* threads inside fp_close_timed: fp_free must not free */
+    int shut;             /* nvmlShutdown done (or never needed) after close */
     int initialized;     /* nvmlInit_v2 succeeded and no shutdown since */
     int closed;
     nvmlDevice_t handles[FP_MAX_GPUS];
@@ -153,6 +162,7 @@ static const char *const call_names[FP_CALL_COUNT_OF_CALLS] = {
     [FP_CALL_HANDLE_BY_UUID] = "nvmlDeviceGetHandleByUUID",
     [FP_CALL_SET_COMPUTE_MODE] = "nvmlDeviceSetComputeMode",
     [FP_CALL_SHUTDOWN] = "nvmlShutdown",
+    [FP_CALL_FIELD_VALUES] = "nvmlDeviceGetFieldValues",
 };
 
 const char *fp_call_name(int call)
@@ -168,8 +178,9 @@ unsigned int fp_header_profile_count(void)
 }
 
 /* Call a resolved symbol, or answer FUNCTION_NOT_FOUND when it is missing. */
-#define NV(ctx, fn, ...) \
-    ((ctx)->calls++, (ctx)->s.fn ? (int)(ctx)->s.fn(__VA_ARGS__) : (int)NVML_ERROR_FUNCTION_NOT_FOUND)
+#define NV(ctx, fn, ...)                                   \
+    (__atomic_fetch_add(&(ctx)->calls, 1, __ATOMIC_RELAXED), \
+     (ctx)->s.fn ? (int)(ctx)->s.fn(__VA_ARGS__) : (int)NVML_ERROR_FUNCTION_NOT_FOUND)
 
 static void copy_str(char *dst, size_t dst_len, const char *src)
 {
@@ -281,8 +292,30 @@ unsigned long long fp_nvml_calls(fp_ctx_t *ctx)
 {
     unsigned long long n;
 
+    n = __atomic_load_n(&ctx->calls, __ATOMIC_RELAXED);
+    return n;
+}
+
+/* Count a call in flight (mu held by the caller): fp_close waits for it. */
+static void busy_enter(struct fp_ctx *ctx)
+{
+    ctx->busy++;
+}
+
+static void busy_leave(struct fp_ctx *ctx)
+{
     pthread_mutex_lock(&ctx->mu);
-    n = ctx->calls;
+    ctx->busy--;
+    pthread_cond_broadcast(&ctx->idle);
+    pthread_mutex_unlock(&ctx->mu);
+}
+
+unsigned int fp_busy(fp_ctx_t *ctx)
+{
+    unsigned int n;
+
+    pthread_mutex_lock(&ctx->mu);
+    n = ctx->busy;
     pthread_mutex_unlock(&ctx->mu);
     return n;
 }
@@ -564,50 +597,81 @@ done:
 
 /* ---- health ------------------------------------------------------------- */
 
+/* NVML_FI_DEV_GET_GPU_RECOVERY_ACTION through nvmlDeviceGetFieldValues. A
+   driver older than 565 does not know the field: it answers the field's
+   nvmlReturn with NOT_SUPPORTED or INVALID_ARGUMENT, read as "not supported". */
+static void recovery_action_read(struct fp_ctx *ctx, nvmlDevice_t dev, fp_health_t *h)
+{
+    nvmlFieldValue_t fv;
+    int rc;
+
+    memset(&fv, 0, sizeof(fv));
+    fv.fieldId = NVML_FI_DEV_GET_GPU_RECOVERY_ACTION;
+    rc = NV(ctx, nvmlDeviceGetFieldValues, dev, 1, &fv);
+    if (rc == NVML_SUCCESS)
+        rc = (int)fv.nvmlReturn;
+    if (rc == NVML_ERROR_INVALID_ARGUMENT)
+        rc = NVML_ERROR_NOT_SUPPORTED;
+    h->recovery_action_rc = rc;
+    h->recovery_action = rc == NVML_SUCCESS ? fv.value.uiVal : 0;
+}
+
+static void health_read(struct fp_ctx *ctx, nvmlDevice_t dev, fp_health_t *h)
+{
+    nvmlEnableState_t pending = NVML_FEATURE_DISABLED;
+    unsigned int temp = 0;
+
+    h->reasons_rc = NV(ctx, nvmlDeviceGetCurrentClocksEventReasons, dev, &h->reasons);
+    if (h->reasons_rc == NVML_ERROR_FUNCTION_NOT_FOUND)
+        h->reasons_rc = NV(ctx, nvmlDeviceGetCurrentClocksThrottleReasons, dev, &h->reasons);
+    h->temperature_rc = NV(ctx, nvmlDeviceGetTemperature, dev, NVML_TEMPERATURE_GPU, &temp);
+    h->temperature = temp;
+    h->ecc_corrected_rc = NV(ctx, nvmlDeviceGetTotalEccErrors, dev,
+                             NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_VOLATILE_ECC,
+                             &h->ecc_corrected);
+    h->ecc_uncorrected_rc = NV(ctx, nvmlDeviceGetTotalEccErrors, dev,
+                               NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC,
+                               &h->ecc_uncorrected);
+    h->retired_pending_rc = NV(ctx, nvmlDeviceGetRetiredPagesPendingStatus, dev, &pending);
+    h->retired_pending = (unsigned int)pending;
+    h->remapped_rc = NV(ctx, nvmlDeviceGetRemappedRows, dev, &h->remapped_corrected,
+                        &h->remapped_uncorrected, &h->remapped_pending, &h->remapped_failure);
+    h->link_width_rc = NV(ctx, nvmlDeviceGetCurrPcieLinkWidth, dev, &h->link_width);
+    h->max_link_width_rc = NV(ctx, nvmlDeviceGetMaxPcieLinkWidth, dev, &h->max_link_width);
+    recovery_action_read(ctx, dev, h);
+}
+
+/* Each GPU is entered and left on its own: the lock is never held while NVML
+   answers, so callers may sample different GPUs from different threads at
+   once, and one GPU that hangs holds up only the thread sampling it. */
 int fp_health(fp_ctx_t *ctx, const unsigned int *indices, unsigned int n, fp_health_t *out)
 {
     unsigned int i;
 
-    pthread_mutex_lock(&ctx->mu);
-    if (ctx->closed || !ctx->initialized) {
-        pthread_mutex_unlock(&ctx->mu);
-        return NVML_ERROR_UNINITIALIZED;
-    }
     for (i = 0; i < n; i++) {
         fp_health_t *h = &out[i];
         unsigned int idx = indices[i];
         nvmlDevice_t dev;
-        nvmlEnableState_t pending = NVML_FEATURE_DISABLED;
-        unsigned int temp = 0;
 
         memset(h, 0, sizeof(*h));
         h->index = idx;
         h->handle_rc = FP_NOT_CALLED;
+        pthread_mutex_lock(&ctx->mu);
+        if (ctx->closed || !ctx->initialized) {
+            pthread_mutex_unlock(&ctx->mu);
+            return NVML_ERROR_UNINITIALIZED;
+        }
         if (idx >= FP_MAX_GPUS || !ctx->handle_ok[idx]) {
+            pthread_mutex_unlock(&ctx->mu);
             h->handle_rc = NVML_ERROR_INVALID_ARGUMENT;
             continue;
         }
         dev = ctx->handles[idx];
-        h->reasons_rc = NV(ctx, nvmlDeviceGetCurrentClocksEventReasons, dev, &h->reasons);
-        if (h->reasons_rc == NVML_ERROR_FUNCTION_NOT_FOUND)
-            h->reasons_rc = NV(ctx, nvmlDeviceGetCurrentClocksThrottleReasons, dev, &h->reasons);
-        h->temperature_rc = NV(ctx, nvmlDeviceGetTemperature, dev, NVML_TEMPERATURE_GPU, &temp);
-        h->temperature = temp;
-        h->ecc_corrected_rc = NV(ctx, nvmlDeviceGetTotalEccErrors, dev,
-                                 NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_VOLATILE_ECC,
-                                 &h->ecc_corrected);
-        h->ecc_uncorrected_rc = NV(ctx, nvmlDeviceGetTotalEccErrors, dev,
-                                   NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC,
-                                   &h->ecc_uncorrected);
-        h->retired_pending_rc = NV(ctx, nvmlDeviceGetRetiredPagesPendingStatus, dev, &pending);
-        h->retired_pending = (unsigned int)pending;
-        h->remapped_rc = NV(ctx, nvmlDeviceGetRemappedRows, dev, &h->remapped_corrected,
-                            &h->remapped_uncorrected, &h->remapped_pending,
-                            &h->remapped_failure);
-        h->link_width_rc = NV(ctx, nvmlDeviceGetCurrPcieLinkWidth, dev, &h->link_width);
-        h->max_link_width_rc = NV(ctx, nvmlDeviceGetMaxPcieLinkWidth, dev, &h->max_link_width);
+        busy_enter(ctx);
+        pthread_mutex_unlock(&ctx->mu);
+        health_read(ctx, dev, h);
+        busy_leave(ctx);
     }
-    pthread_mutex_unlock(&ctx->mu);
     return NVML_SUCCESS;
 }
 
@@ -687,8 +751,8 @@ int fp_wait_event(fp_ctx_t *ctx, unsigned int timeout_ms, fp_event_t *out)
                                         : NVML_ERROR_INVALID_ARGUMENT;
     }
     set = ctx->event_set;
-    ctx->busy++;
-    ctx->calls++;
+    busy_enter(ctx);
+    __atomic_fetch_add(&ctx->calls, 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&ctx->mu);
 
     memset(&data, 0, sizeof(data));
@@ -729,6 +793,8 @@ int fp_set_compute_mode(fp_ctx_t *ctx, const char *uuid, int mode, int *failed_c
         pthread_mutex_unlock(&ctx->mu);
         return NVML_ERROR_UNINITIALIZED;
     }
+    busy_enter(ctx);
+    pthread_mutex_unlock(&ctx->mu); /* a GPU that hangs here holds up this caller only */
     rc = NV(ctx, nvmlDeviceGetHandleByUUID, uuid, &dev);
     if (rc != NVML_SUCCESS) {
         *failed_call = FP_CALL_HANDLE_BY_UUID;
@@ -737,43 +803,77 @@ int fp_set_compute_mode(fp_ctx_t *ctx, const char *uuid, int mode, int *failed_c
         if (rc != NVML_SUCCESS)
             *failed_call = FP_CALL_SET_COMPUTE_MODE;
     }
-    pthread_mutex_unlock(&ctx->mu);
+    busy_leave(ctx);
     return rc;
 }
 
 /* ---- teardown ----------------------------------------------------------- */
 
-int fp_close(fp_ctx_t *ctx)
+int fp_close_timed(fp_ctx_t *ctx, int timeout_ms)
 {
+    struct timespec until;
     int rc = NVML_SUCCESS;
 
     pthread_mutex_lock(&ctx->mu);
-    if (ctx->closed) {
-        pthread_mutex_unlock(&ctx->mu);
-        return NVML_SUCCESS;
-    }
     ctx->closed = 1; /* new calls are refused from here on */
-    while (ctx->busy)
-        pthread_cond_wait(&ctx->idle, &ctx->mu); /* a wait ends within its timeout */
-    if (ctx->event_set) {
-        NV(ctx, nvmlEventSetFree, ctx->event_set);
-        ctx->event_set = NULL;
+    if (timeout_ms >= 0) {
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += timeout_ms / 1000;
+        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
     }
-    if (ctx->initialized) {
-        rc = NV(ctx, nvmlShutdown);
-        ctx->initialized = 0;
+    ctx->closers++;
+    while (ctx->busy) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&ctx->idle, &ctx->mu);
+        } else if (pthread_cond_timedwait(&ctx->idle, &ctx->mu, &until) != 0) {
+            break;
+        }
     }
-    memset(ctx->handle_ok, 0, sizeof(ctx->handle_ok));
-    ctx->handle_count = 0;
+    ctx->closers--;
+    if (ctx->busy) { /* a call is still inside NVML: leave NVML and ctx alone */
+        pthread_mutex_unlock(&ctx->mu);
+        return NVML_ERROR_IN_USE;
+    }
+    if (!ctx->shut) {
+        ctx->shut = 1;
+        if (ctx->event_set) {
+            NV(ctx, nvmlEventSetFree, ctx->event_set);
+            ctx->event_set = NULL;
+        }
+        if (ctx->initialized) {
+            rc = NV(ctx, nvmlShutdown);
+            ctx->initialized = 0;
+        }
+        memset(ctx->handle_ok, 0, sizeof(ctx->handle_ok));
+        ctx->handle_count = 0;
+    }
     pthread_mutex_unlock(&ctx->mu);
     return rc;
+}
+
+int fp_close(fp_ctx_t *ctx)
+{
+    return fp_close_timed(ctx, -1);
 }
 
 void fp_free(fp_ctx_t *ctx)
 {
     if (!ctx)
         return;
-    fp_close(ctx);
+    /* At garbage collection (often interpreter exit) never wait for a call
+       hung in NVML: leak the context instead of freeing it under that call. */
+    if (fp_close_timed(ctx, 0) == NVML_ERROR_IN_USE)
+        return;
+    pthread_mutex_lock(&ctx->mu);
+    if (ctx->closers) { /* another thread still waits in fp_close_timed */
+        pthread_mutex_unlock(&ctx->mu);
+        return;
+    }
+    pthread_mutex_unlock(&ctx->mu);
     /* The library stays mapped: another user in this process (nvidia-ml-py,
        a second backend) may hold the same handle, and unloading NVML under
        live handles is never worth the few pages it would return. */

@@ -55,7 +55,8 @@
 #define FP_CALL_HANDLE_BY_UUID 28
 #define FP_CALL_SET_COMPUTE_MODE 29
 #define FP_CALL_SHUTDOWN 30
-#define FP_CALL_COUNT_OF_CALLS 31
+#define FP_CALL_FIELD_VALUES 31
+#define FP_CALL_COUNT_OF_CALLS 32
 
 typedef struct fp_ctx fp_ctx_t;
 
@@ -178,6 +179,9 @@ typedef struct {
     unsigned int link_width;
     int max_link_width_rc;
     unsigned int max_link_width;
+    /* NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (drivers 565+; older ones: NOT_SUPPORTED) */
+    int recovery_action_rc;
+    unsigned int recovery_action;
 } fp_health_t;
 
 typedef struct {
@@ -216,6 +220,12 @@ int fp_wait_event(fp_ctx_t *ctx, unsigned int timeout_ms, fp_event_t *out);
 int fp_set_compute_mode(fp_ctx_t *ctx, const char *uuid, int mode, int *failed_call);
 unsigned long long fp_nvml_calls(fp_ctx_t *ctx);
 int fp_close(fp_ctx_t *ctx);
+/* fp_close that waits at most timeout_ms (< 0: forever) for calls still inside
+   NVML; IN_USE when one is: NVML is then left initialised (never shut down
+   under a live call) and the context is never freed. */
+int fp_close_timed(fp_ctx_t *ctx, int timeout_ms);
+/* NVML calls in flight right now (health samples, compute mode, event waits). */
+unsigned int fp_busy(fp_ctx_t *ctx);
 void fp_free(fp_ctx_t *ctx);
 /* CDEF END */
 

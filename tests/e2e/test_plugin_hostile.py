@@ -119,7 +119,7 @@ VANISHING_CLIENT = textwrap.dedent(
 
 
 def active_health_streams(log: str) -> int | None:
-    counts = re.findall(r"health watcher (?:connected|gone) \((\d+) active\)", log)
+    counts = re.findall(r"health watcher (?:\(\w+\) )?(?:connected|gone) \((\d+) active\)", log)
     return int(counts[-1]) if counts else None
 
 

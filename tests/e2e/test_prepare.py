@@ -25,9 +25,14 @@ import pytest
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.checkpoint import ClaimState, decode
 from dra_driver.prepare.types import ClaimRef
-from dra_driver.testing.apiserver import ApiServerDouble
-from dra_driver.testing.kubelet import DraClient, register
-from dra_driver.testing.simhost import SimHost, claim_object, populate_host
+from dra_driver.testing import (
+    ApiServerDouble,
+    DraClient,
+    SimHost,
+    claim_object,
+    populate_host,
+    register,
+)
 
 from .conftest import NODE_NAME, PluginFactory, PluginProcess
 
@@ -211,11 +216,12 @@ async def test_prepare_and_unprepare_many_kinds_of_claims(node: Node) -> None:
         assert gpu1 is not None
         assert checkpoint[single.uid].actions == ({"gpuUuid": gpu1.uuid, "computeMode": 0},)
 
-        # A non-admin claim on a device two admin claims hold is refused.
-        intruder = node.claim({"request": "gpu", "device": MIG_B})
+        # A second ordinary claim on a device an ordinary claim holds is refused
+        # (admin claims, above, share a device with anyone).
+        intruder = node.claim({"request": "gpu", "device": MIG_A})
         refused = await dra.prepare([intruder])
         assert (
-            "device gpu-0-mig-1g10gb-19-3 is already prepared" in refused.claims[intruder.uid].error
+            "device gpu-0-mig-1g10gb-19-2 is already prepared" in refused.claims[intruder.uid].error
         )
 
         # Repeating the call answers identically, without the API server.
