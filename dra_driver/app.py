@@ -5,7 +5,8 @@ Start order (each step needs the previous one):
   NVML opened and read (worker thread) -> inventory ->
   health board -> health monitor (events registered; when --health) ->
   API client (optional) -> preparer (checkpoint loaded) ->
-  slice publisher (background) -> DRA socket -> registration socket.
+  slice publisher, claim status writer (background) -> DRA socket ->
+  registration socket.
 Files: umask 077 from the start; the plugin directory and the state directory
 are 0700, sockets 0600 (whoever can connect can unprepare claims), CDI specs
 0644 (runtimes read them) in a CDI root created 0755 if missing.
@@ -53,11 +54,13 @@ from .sysfs import pcie_root_resolver
 if TYPE_CHECKING:  # heavy imports stay lazy: they cost startup time and memory
     from kubernetes.client import ApiClient
 
+    from .claimstatus.writer import ClaimStatusWriter
     from .health.monitor import HealthMonitor
     from .metrics import Metrics, MetricsServer
     from .nvml.deadline import GpuWorkers, GuardedNvml
     from .nvml.types import NvmlBackend
     from .prepare.preparer import ClaimPreparer
+    from .rescan import Rescanner
     from .slices.publisher import SlicePublisher
 
 log = logging.getLogger(__name__)
@@ -137,6 +140,9 @@ class App:
         self.preparer: ClaimPreparer | None = None
         self.monitor: HealthMonitor | None = None
         self.publisher: SlicePublisher | None = None
+        self.claim_status: ClaimStatusWriter | None = None
+        self.rescanner: Rescanner | None = None
+        self._vanished: set[str] = set()  # devices gone from NVML that claims still hold
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
         self.workers: GpuWorkers | None = None
@@ -148,6 +154,8 @@ class App:
     def nvml_calls_in_flight(self) -> bool:
         """Whether a per-GPU NVML job is still running (hung) right now."""
         workers, inv = self.workers, self.inventory
+        if self.monitor is not None and self.monitor.event_thread_alive and self._stop.is_set():
+            return True  # stopped, yet still inside nvmlEventSetWait: a hung event path
         if workers is None or inv is None:
             return False
         return any(workers.busy_since(g.uuid) is not None for g in inv.gpus)
@@ -248,10 +256,18 @@ class App:
         preparer = await self._preparer(inventory)
         if self.api is not None:
             self._start_publisher(inventory)
+            if s.claim_device_status:
+                preparer = self._start_claim_status(preparer, inventory)
         if self.metrics is not None:
             self.metrics.watch(
-                monitor=self.monitor, preparer=self.preparer, publisher=self.publisher
+                monitor=self.monitor,
+                preparer=self.preparer,
+                publisher=self.publisher,
+                claim_status=self.claim_status,
             )
+
+        if s.rescan_interval > 0:
+            self._start_rescan()
 
         self.plugin = KubeletPlugin(s.plugin_config(), preparer, self.board, s.plugin_options())
         if self.metrics is not None:
@@ -279,6 +295,13 @@ class App:
         """Shut NVML down in a daemon thread, bounded: a hung call must not hold the exit."""
         assert self.backend is not None
         backend = self.backend
+        if self.nvml_calls_in_flight():
+            # Never shut NVML down under a live call (undefined on a real driver):
+            # the process exit releases it.
+            log.warning("NVML left initialised: a call on a hung GPU is still running")
+            if self.workers is not None:
+                self.workers.shutdown()
+            return
         done = threading.Event()
 
         def close() -> None:
@@ -377,7 +400,7 @@ class App:
 
         source = ApiClaimSource(self.api) if self.api is not None else NoApiClaimSource()
         preparer = ClaimPreparer(
-            self.settings.preparer_config(), lambda: inventory, source, self.board, self.guarded
+            self.settings.preparer_config(), self._inventory_now, source, self.board, self.guarded
         )
         self.preparer = preparer
         try:
@@ -397,16 +420,101 @@ class App:
         self.publisher = publisher
         publisher.set_desired(inventory, self.board.snapshot())
         self._spawn(publisher.run(), "slice-publisher")
-        self._spawn(self._feed_health(publisher, inventory, self.board), "slice-health-feed")
+        self._spawn(self._feed_health(publisher, self.board), "slice-health-feed")
 
-    async def _feed_health(
-        self, publisher: SlicePublisher, inventory: Inventory, board: HealthBoard
-    ) -> None:
+    def _start_claim_status(self, preparer: Preparer, inventory: Inventory) -> Preparer:
+        """Claims' status.devices follow prepares and health; the kubelet never waits on it."""
+        from .claimstatus.api import KubeClaimStatusApi
+        from .claimstatus.hook import StatusReportingPreparer
+        from .claimstatus.writer import ClaimStatusWriter
+
+        assert self.api is not None and self.preparer is not None
+        config = self.settings.claim_status_config()
+        api = KubeClaimStatusApi(self.api, config.field_manager, config.request_timeout)
+        writer = ClaimStatusWriter(config, api, self.board, self._inventory_now)
+        writer.adopt(self.preparer.checkpointed().values())
+        self.claim_status = writer
+        self._spawn(writer.run(), "claim-status")
+        return StatusReportingPreparer(preparer, writer)
+
+    async def _feed_health(self, publisher: SlicePublisher, board: HealthBoard) -> None:
         """Hand every health change to the publisher (device taints); it debounces writes."""
         version = board.version
         while True:
             version = await board.wait_changed(version)
-            publisher.set_desired(inventory, board.snapshot())
+            publisher.set_desired(self._inventory_now(), board.snapshot())
+
+    def _inventory_now(self) -> Inventory:
+        """The inventory as last read (re-enumeration replaces it)."""
+        assert self.inventory is not None
+        return self.inventory
+
+    # -- re-enumeration (rescan.py) ----------------------------------------------------
+
+    def _start_rescan(self) -> None:
+        from .rescan import Rescanner
+
+        s = self.settings
+        rescanner = Rescanner(
+            self._read_inventory,
+            self._inventory_now,
+            self._follow_inventory,
+            interval=s.rescan_interval,
+            deadline=max(s.health_nvml_deadline, 1.0) * 2,
+            tick=self._keep_vanished,
+        )
+        self.rescanner = rescanner
+        self._spawn(rescanner.run(), "inventory-rescan")
+
+    def _read_inventory(self) -> Inventory:
+        """(worker thread) Read NVML again; the raw backend: a lost GPU keeps its worker."""
+        assert self.backend is not None
+        snapshot = self.backend.inventory()
+        resolver = pcie_root_resolver(self.settings.sys_root)
+        return build_inventory(snapshot, self.backend.name, resolver, log_problems=False)
+
+    def _held_devices(self) -> set[str]:
+        if self.preparer is None:
+            return set()
+        return {d.device_name for rec in self.preparer.checkpointed().values() for d in rec.devices}
+
+    def _follow_inventory(self, inventory: Inventory) -> None:
+        """A re-read found other devices: board, monitor, slices and metrics follow."""
+        assert self.board is not None
+        self.inventory = inventory
+        names = {d.name for d in inventory.devices}
+        self._vanished = self._held_devices() - names
+        self.board.set_devices(
+            names | self._vanished, Health.UNKNOWN if self.settings.health else Health.HEALTHY
+        )
+        if self.monitor is not None:
+            self.monitor.follow(inventory)
+        self._mark_vanished()
+        if self.publisher is not None:
+            self.publisher.set_desired(inventory, self.board.snapshot())
+        if self.metrics is not None:
+            self.metrics.watch(inventory=inventory)
+
+    def _keep_vanished(self) -> None:
+        """Every rescan: a vanished device stays on the board while a claim holds it."""
+        assert self.board is not None and self.inventory is not None
+        names = {d.name for d in self.inventory.devices}
+        vanished = self._held_devices() - names
+        if vanished != self._vanished:
+            self._vanished = vanished
+            self.board.set_devices(names | vanished)
+            self._mark_vanished()
+        self.board.mark_checked(vanished)
+
+    def _mark_vanished(self) -> None:
+        from .health.board import DeviceHealth
+        from .rescan import MESSAGE_NOT_PRESENT, REASON_NOT_PRESENT
+
+        assert self.board is not None
+        self.board.update(
+            DeviceHealth(n, Health.UNHEALTHY, MESSAGE_NOT_PRESENT, REASON_NOT_PRESENT)
+            for n in sorted(self._vanished)
+        )
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         async def guarded() -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .claimstatus.options import ClaimStatusConfig
 from .health.monitor import DEFAULT_POLL_INTERVAL, MonitorConfig
 from .health.policy import (
     DEFAULT_HOLD_SECONDS,
@@ -34,7 +35,8 @@ from .kubelet.options import (
 )
 from .nvml.deadline import DEFAULT_DEADLINE
 from .prepare.options import DEFAULT_CDI_ROOT, PreparerConfig
-from .slices.options import PublisherConfig
+from .slices.options import PublisherConfig, TaintPolicy
+from .slices.taints import EVICT_ALL, evict_word_problem
 
 DEFAULT_DRIVER = "gpu.nvidia.com"
 LOCAL_NODE_NAME = "localhost"  # the node name of a local try (--allow-default-node-name)
@@ -59,9 +61,11 @@ class Settings:
     cdi_root: Path = DEFAULT_CDI_ROOT
     state_dir: Path | None = None  # default: <plugins_dir>/<driver_name>/dra-driver-gpu
     nvml_library: str | None = None  # default: libnvidia-ml.so.1 from the loader path
+    rescan_interval: float = 10.0  # re-read the inventory this often; 0: only at start
     nvml_backend: str = "auto"  # auto | cffi | nvidia-ml-py
     fake_nvml: str | None = None  # topology of the bundled fake NVML (demo/testing)
     kubeconfig: str | None = None
+    claim_device_status: bool = True
     dev_root: Path = Path("/")  # host root where /dev lives (tests use a temp tree)
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
@@ -71,6 +75,8 @@ class Settings:
     health_hold: float = DEFAULT_HOLD_SECONDS
     health_ignored_xids: tuple[int, ...] = DEFAULT_IGNORED_XIDS
     health_temperature_threshold: int = DEFAULT_TEMPERATURE_THRESHOLD_C  # 0: off
+    health_evict: tuple[str, ...] = ()  # reasons/classes whose Unhealthy devices get NoExecute
+    health_degraded_taint: bool = True  # Degraded -> effect-None taint on 1.35+ servers
     health_nvml_deadline: float = DEFAULT_DEADLINE  # a GPU's NVML job overrunning this: Unknown
     health_resend_interval: float = _PLUGIN_DEFAULTS.health_resend_interval
     registration_backoff: float = _PLUGIN_DEFAULTS.registration_backoff
@@ -153,7 +159,14 @@ class Settings:
             driver_name=self.driver_name,
             node_name=self.node_name,
             partitionable_devices=self.partitionable_devices,
+            taint_policy=TaintPolicy(
+                evict=frozenset(self.health_evict),
+                informational_degraded=self.health_degraded_taint,
+            ),
         )
+
+    def claim_status_config(self) -> ClaimStatusConfig:
+        return ClaimStatusConfig(driver_name=self.driver_name, pool_name=self.node_name)
 
     def preparer_config(self) -> PreparerConfig:
         return PreparerConfig(
@@ -222,6 +235,18 @@ def xid_list(text: str) -> tuple[int, ...]:
     if any(x < 0 for x in xids):
         raise argparse.ArgumentTypeError(f"XIDs are non-negative numbers, got {text!r}")
     return tuple(xids)
+
+
+def evict_list(text: str) -> tuple[str, ...]:
+    """Comma-separated reasons or recovery classes; empty or "none" evicts for none."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    words = sorted({w.strip().lower() for w in text.split(",") if w.strip()})
+    for word in words:
+        problem = evict_word_problem(word)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+    return tuple(words)
 
 
 def celsius(text: str) -> int:
@@ -383,6 +408,11 @@ FLAGS: tuple[Flag, ...] = (
          "how NVML is called: the bundled cffi fast path, the nvidia-ml-py package, or "
          "auto (cffi when it loads)",
          _NVML, _NVML_G, choices=("auto", "cffi", "nvidia-ml-py")),
+    Flag("--rescan-interval", "RESCAN_INTERVAL", non_negative_seconds, _D.rescan_interval,
+         "re-read the GPUs and MIG devices this often: a GPU that answers again, or a MIG "
+         "re-layout by an operator, is published and monitored without a restart; 0 reads "
+         "them only at start",
+         frozenset({RUN}), _NVML_G, "SECONDS"),
     Flag("--fake-nvml", "FAKE_NVML", _text, None,
          "use the bundled fake NVML library with this topology (small, a100, dgx-h100, or a "
          "topology file): a simulated node for demos and tests",
@@ -390,6 +420,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--kubeconfig", "KUBECONFIG", _text, None,
          "kubeconfig file of the API server (unset: the pod's service account)",
          frozenset({RUN, CLEANUP}), _API, "FILE"),
+    Flag("--claim-device-status", "CLAIM_DEVICE_STATUS", parse_bool, _D.claim_device_status,
+         "write each prepared device's conditions (Ready, Healthy) and data (UUID, MIG "
+         "profile) into ResourceClaim status.devices by server-side apply; needs RBAC "
+         "patch on resourceclaims/status, turns itself off where the server drops the field",
+         frozenset({RUN}), _API, boolean=True),
     Flag("--health", "DEVICE_HEALTH", parse_bool, _D.health,
          "watch device health (XIDs, ECC, GPU lost, ...), stream it to the kubelet and "
          "taint unhealthy devices",
@@ -409,6 +444,17 @@ FLAGS: tuple[Flag, ...] = (
          _D.health_temperature_threshold,
          "a GPU at or above this temperature is Degraded; 0 turns the check off",
          frozenset({RUN}), _HEALTH, "CELSIUS"),
+    Flag("--health-evict", "HEALTH_EVICT", evict_list, _D.health_evict,
+         "evict the pods using an Unhealthy device (NoExecute taint instead of NoSchedule) "
+         "when its reason or recovery class is listed, e.g. gpu-lost,reset-required,xid-79 "
+         f"or node-reboot,gpu-reset; {EVICT_ALL!r} for every Unhealthy device; 'none' evicts "
+         "for none",
+         frozenset({RUN}), _HEALTH, "REASON,..."),
+    Flag("--health-degraded-taint", "HEALTH_DEGRADED_TAINT", parse_bool,
+         _D.health_degraded_taint,
+         "give Degraded devices an informational <driver>/degraded taint (effect None: the "
+         "scheduler ignores it) where the API server is 1.35 or newer",
+         frozenset({RUN}), _HEALTH, boolean=True),
     Flag("--health-nvml-deadline", "HEALTH_NVML_DEADLINE", positive_seconds,
          _D.health_nvml_deadline,
          "an NVML call on one GPU (health sample, compute mode) that takes longer makes that "
@@ -416,7 +462,9 @@ FLAGS: tuple[Flag, ...] = (
          frozenset({RUN}), _HEALTH, "SECONDS"),
     Flag("--partitionable-devices", "PARTITIONABLE_DEVICES", parse_bool,
          _D.partitionable_devices,
-         "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36)",
+         "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36): "
+         "a counter set per GPU; until dynamic MIG exists, only the MIG devices that exist "
+         "(and a full GPU not in MIG mode) are published, as only those can be prepared",
          frozenset({RUN, SLICES}), _SLICES_G, boolean=True),
     Flag("--metrics-address", "METRICS_ADDRESS", metrics_address, _D.metrics_address,
          "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:8080 or :8080 "
@@ -540,6 +588,8 @@ def from_args(ns: argparse.Namespace) -> Settings:
     if "driver_root" in values and values["driver_root"] is None:
         # One directory named once: the host's driver root, read where it is.
         values["driver_root"] = values.get("host_driver_root") or Path("/")
+    if "health_evict" in values:
+        values["health_evict"] = tuple(values["health_evict"])
     if "health_ignored_xids" in values:
         values["health_ignored_xids"] = tuple(values["health_ignored_xids"])
     return Settings(**values)

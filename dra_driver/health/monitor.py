@@ -258,6 +258,7 @@ class HealthMonitor:
             while thread.is_alive() and time.monotonic() < until:
                 await asyncio.sleep(0.02)
             if thread.is_alive():
+                self._thread = thread  # event_thread_alive keeps telling the truth
                 log.warning(
                     "the NVML event thread did not stop within %gs (NVML hung?); left behind",
                     limit,
@@ -269,6 +270,40 @@ class HealthMonitor:
         """A device's active conditions (consistent: taken under the writers' lock)."""
         with self._lock:
             return self.policy.conditions(device)
+
+    def follow(self, inventory: Inventory) -> set[str]:
+        """Monitor a re-enumerated inventory from now on; returns the new device names.
+
+        The board must already list the new devices (the caller adds them as
+        Unknown): their first verdict comes from the sample round started here.
+        A GPU that appeared after the event set was registered is checked by
+        polling; its events are not delivered until the plugin restarts.
+        """
+        with self._lock:
+            new = self.policy.follow(inventory)
+            known = set(self._gpu_by_uuid)
+            self._inventory = inventory
+            self._gpu_by_uuid = {g.uuid: g.name for g in inventory.gpus}
+            self._gpu_by_index = {g.index: g.name for g in inventory.gpus}
+            self._devices = {
+                g.uuid: (g.name, *(d.name for d in g.mig_devices)) for g in inventory.gpus
+            }
+            late = [g for g in inventory.gpus if g.uuid not in known]
+            # The next good sample of a GPU with new devices publishes their verdicts
+            # (as a first answer does): until then they read as not checked yet.
+            touched = {uuid for uuid, names in self._devices.items() if new & set(names)}
+            self._answered_once &= set(self._gpu_by_uuid) - touched
+        for gpu in late:
+            self._apply(
+                partial(
+                    self.policy.set_unmonitored,
+                    gpu.uuid,
+                    "appeared after start: checked by polling only",
+                    gpu.index,
+                )
+            )
+        self.wake()
+        return new
 
     @property
     def event_thread_alive(self) -> bool:
@@ -394,7 +429,9 @@ class HealthMonitor:
                 self.stats.xids_by_gpu[gpu or "unknown", event.event_data] += 1
 
     def _pause(self, failures: int) -> None:
-        self._stopping.wait(min(self.config.error_backoff * 2 ** (failures - 1), ERROR_BACKOFF_MAX))
+        # Capped below the watchdog's limit: a thread that is alive and retrying is not stuck.
+        cap = min(ERROR_BACKOFF_MAX, self.config.event_stall_after / 2)
+        self._stopping.wait(min(self.config.error_backoff * 2 ** (failures - 1), cap))
 
     # -- polling -----------------------------------------------------------------------
 

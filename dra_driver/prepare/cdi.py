@@ -56,9 +56,10 @@ from .files import Recycler, fsync_dir
 log = logging.getLogger(__name__)
 
 CLAIM_CLASS = "claim"
-CLAIM_UID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_VENDOR_RE = re.compile(r"^[A-Za-z]([A-Za-z0-9_.-]*[A-Za-z0-9])?$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?$")
+# \Z, not $: "$" also matches before a trailing newline. Use fullmatch() with it.
+CLAIM_UID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_VENDOR_RE = re.compile(r"^[A-Za-z]([A-Za-z0-9_.-]*[A-Za-z0-9])?\Z")
+_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?\Z")
 _ENV_NAME_RE = re.compile(r"[^A-Z0-9_]")
 _CAP_MINOR_RE = re.compile(r"^DeviceFileMinor:\s*(\d+)\s*$", re.MULTILINE)
 CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
@@ -88,7 +89,7 @@ class InvalidClaimUid(CdiError):
 
 def check_claim_uid(uid: str) -> str:
     """Return uid if it is a Kubernetes object UID (a lowercase UUID), else raise."""
-    if not CLAIM_UID_RE.match(uid):
+    if not CLAIM_UID_RE.fullmatch(uid):
         raise InvalidClaimUid(f"claim UID {uid!r} is not a lowercase UUID")
     return uid
 
@@ -452,7 +453,7 @@ class CdiSpecs:
         for name in names:
             if name.startswith(self.prefix) and name.endswith(".json"):
                 uid = name[len(self.prefix) : -len(".json")]
-                if CLAIM_UID_RE.match(uid):
+                if CLAIM_UID_RE.fullmatch(uid):
                     out.append(uid)
         return sorted(out)
 

@@ -42,7 +42,7 @@ from .builder import DesiredPool, build_pool
 from .cache import SliceCache, name_of, rv_of, uid_of
 from .options import PublisherConfig
 from .plan import Plan, fingerprint, normalize_spec, plan_pool
-from .taints import health_taints
+from .taints import apply_taint_policy, effect_none_supported, health_taints
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class PublisherStats:
     rejected: int = 0  # 422s (each one is a validation bug)
     errors: int = 0  # failed API calls that were retried with backoff
     relists: int = 0
+    resyncs: int = 0  # periodic relist-and-compare passes
     watch_restarts: int = 0
 
 
@@ -152,6 +153,9 @@ class SlicePublisher:
         self._node_uid: str | None = None
         self._node_checked = False
         self._watch_executor = ThreadPoolExecutor(1, thread_name_prefix="slice-watch")
+        # Asked once (the first answer counts): which taint effects the server knows.
+        self.server_version: tuple[int, int] | None = None
+        self._version_asked = False
 
     # -- interface -----------------------------------------------------------------------
 
@@ -169,11 +173,13 @@ class SlicePublisher:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         watcher = asyncio.create_task(self._watch_loop(), name="slice-watch")
+        resync = asyncio.create_task(self._resync_loop(), name="slice-resync")
         try:
             await self._reconcile_loop()
         finally:
             watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            resync.cancel()
+            await asyncio.gather(watcher, resync, return_exceptions=True)
             self._watch_executor.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -194,11 +200,14 @@ class SlicePublisher:
         if self._desired is None:
             return None
         inventory, health = self._desired
-        return build_pool(
-            inventory,
+        taints = apply_taint_policy(
             health_taints(health, self._driver),
-            partitionable=self._config.partitionable_devices,
+            health,
+            self._driver,
+            self._config.taint_policy,
+            self.server_version,
         )
+        return build_pool(inventory, taints, partitionable=self._config.partitionable_devices)
 
     # -- reconcile -----------------------------------------------------------------------
 
@@ -244,7 +253,31 @@ class SlicePublisher:
                 self._backoff.reset()
                 self._retry_at = 0.0
 
+    async def _ask_version(self) -> None:
+        """Once, before the first write: /version decides whether effect None is valid.
+
+        Unreachable: asked again next pass. An error answer, or a version
+        before 1.35: today's taints, without the informational ones.
+        """
+        if self._version_asked:
+            return
+        try:
+            self.server_version = await asyncio.to_thread(self._slices.server_version)
+        except ApiUnreachable:
+            return
+        except ApiError as e:
+            log.warning("GET /version failed (%s); Degraded devices get no taint", e)
+        self._version_asked = True
+        log.info(
+            "API server version %s: %s",
+            ".".join(map(str, self.server_version)) if self.server_version else "unknown",
+            "Degraded devices carry an effect-None taint"
+            if effect_none_supported(self.server_version)
+            else "no effect-None taints (needs 1.35+)",
+        )
+
     async def _reconcile(self) -> None:
+        await self._ask_version()
         # Building and diffing a big node takes milliseconds of CPU: keep it off the loop.
         pool = await asyncio.to_thread(self.desired_pool)
         if pool is None:
@@ -429,8 +462,25 @@ class SlicePublisher:
         self._cache.replace(items, rv)
         self._need_relist = False
 
+    async def _resync_loop(self) -> None:
+        """Every resync_interval (jittered), relist and compare: repairs lost state."""
+        interval = self._config.resync_interval
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(random.uniform(0.8, 1.2) * interval)
+            self.stats.resyncs += 1
+            self._need_relist = True
+            self._poke()
+
     async def _watch_loop(self) -> None:
-        """List, then watch from the list's resourceVersion; re-list on 410 Gone."""
+        """List, then watch from the list's resourceVersion.
+
+        A plain disconnect (connection refused or reset, a timeout) resumes the
+        watch where it was; anything else (410 Gone, another HTTP error, an
+        ERROR event, a bug) lists again first, since the server may no longer
+        have what the cache holds.
+        """
         loop = asyncio.get_running_loop()
         rv = ""
         while True:
@@ -458,13 +508,14 @@ class SlicePublisher:
                 finally:
                     stream.close()
             except ApiError as e:
+                rv = ""
                 if e.status == 410:
-                    rv = ""
                     continue
                 await self._watch_failed(str(e))
             except (_Transient, ApiUnreachable) as e:
                 await self._watch_failed(str(e))
             except Exception as e:
+                rv = ""
                 log.exception("BUG: watching ResourceSlices failed unexpectedly")
                 await self._watch_failed(f"unexpected {type(e).__name__}: {e}")
 
@@ -478,9 +529,13 @@ class SlicePublisher:
             kind = event.get("type")
             obj = event.get("object") or {}
             if kind == "ERROR":
-                if obj.get("code") == 410:
-                    return ""
-                raise _Transient(f"watch error: {obj.get('message')}")
+                if obj.get("code") != 410:
+                    log.warning(
+                        "the ResourceSlice watch ended with an error (%s %s); listing again",
+                        obj.get("code"),
+                        obj.get("message"),
+                    )
+                return ""  # list again: the server may have lost what the cache holds
             rv = rv_of(obj) or rv
             if kind == "BOOKMARK":
                 continue
