@@ -292,6 +292,8 @@ def test_env_is_flags_and_sockets_and_state_live_in_host_mounts() -> None:
     assert host_path_of(s.nvidia_proc_path) == Path("/proc/driver/nvidia")
     for p in (s.driver_root, s.dev_root / "dev", s.sys_root, s.nvidia_proc_path):
         assert mounts[str(p)]["readOnly"] is True
+    # The GPU Operator mounts its driver after we start: the mount must follow the host's.
+    assert mounts["/driver-root"]["mountPropagation"] == "HostToContainer"
     # runc refuses bind mounts inside the container's /proc.
     assert not [m for m in mounts if m == "/proc" or m.startswith("/proc/")]
 
@@ -467,6 +469,8 @@ def test_fake_nvml_mode_builds_a_simulated_host_and_points_the_plugin_at_it() ->
     assert volumes["dev"] == f"{host}/dev-root/dev"
     assert volumes["sys"] == f"{host}/sys"
     assert volumes["proc-driver-nvidia"] == f"{host}/proc/driver/nvidia"
+    # A simulated root may sit on a private mount (containerd refuses HostToContainer there).
+    assert all("mountPropagation" not in m for m in c["volumeMounts"])
     s = plugin_settings(c)
     assert s.host_driver_root_path == Path(f"{host}/driver-root")  # what specs name
     assert s.fake_nvml == "small" and s.nvml_library  # the bundled fake library
