@@ -25,9 +25,9 @@ apiserver_longrunning_requests, apiserver_watch_events_*):
     event is an XID 48 on a random GPU, which taints the device and clears
     after --health-hold s; slice writes/s and the request latency p50/p99;
   * an API server restart (etcd kept), with a lasting fault (row remapping
-    failed: Unhealthy, tainted) injected on a tenth of the nodes while it is down: time until every node
-    watches again, and the writes per slice (one per changed slice, none for
-    the other nodes).
+    failed: Unhealthy, tainted) injected on a tenth of the nodes while it is
+    down: time until every node watches again, and the writes per slice (one
+    per changed slice, none for the other nodes).
 Then prints the per-node costs the paper extrapolation in the issue note uses.
 """
 
