@@ -5,8 +5,15 @@ Start order (each step needs the previous one):
   NVML opened and read (worker thread) -> inventory ->
   health board -> health monitor (events registered; when --health) ->
   API client (optional) -> preparer (checkpoint loaded) ->
+<<<<<<< HEAD
   slice publisher, claim status writer (background) -> DRA socket ->
   registration socket.
+=======
+  slice publisher (background) -> DRA socket -> registration socket.
+Files: umask 077 from the start; the plugin directory and the state directory
+are 0700, sockets 0600 (whoever can connect can unprepare claims), CDI specs
+0644 (runtimes read them) in a CDI root created 0755 if missing.
+>>>>>>> main
 A failure before the sockets exist exits non-zero with one clear message:
 a plugin without NVML, or without its sockets, must not look alive to the
 kubelet. SIGTERM/SIGINT at any point leads to an orderly exit with code 0,
@@ -29,10 +36,13 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
 from .health.board import Health, HealthBoard
+from .heartbeat import FILE_NAME as HEARTBEAT_FILE
+from .heartbeat import Heartbeat
 from .inventory import Inventory, build_inventory
 from .kubelet.plugin import KubeletPlugin
 from .kubelet.sockets import (
@@ -68,8 +78,14 @@ class StartupError(RuntimeError):
     """A start step failed in a way the operator must fix; the message says how."""
 
 
+PRIVATE_DIR_MODE = 0o700
+CDI_ROOT_MODE = 0o755
+
+
 def run(settings: Settings) -> int:
     """Run the plugin until SIGTERM/SIGINT; returns the process exit code."""
+    # Nothing this process creates is for other users unless it says so explicitly.
+    os.umask(0o077)
     log.info("dra-driver %s starting on node %s", __version__, settings.node_name)
     problems = socket_path_problems(settings.dra_socket, settings.registration_socket)
     if problems:
@@ -92,6 +108,27 @@ def _flush_and_exit(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(code)
+
+
+def prepare_directories(s: Settings) -> None:
+    """Create the directories the plugin writes, with their modes (see the module doc).
+
+    The plugin and state directories are ours and get 0700 even when they
+    existed; the CDI root and the kubelet's directories may be shared, so an
+    existing one keeps its mode.
+    """
+    for path in (s.plugin_dir, s.state_path):
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, PRIVATE_DIR_MODE)
+    _mkdir_with_mode(s.cdi_root, CDI_ROOT_MODE)
+
+
+def _mkdir_with_mode(path: Path, mode: int) -> None:
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)
 
 
 class App:
@@ -121,6 +158,8 @@ class App:
     def nvml_calls_in_flight(self) -> bool:
         """Whether a per-GPU NVML job is still running (hung) right now."""
         workers, inv = self.workers, self.inventory
+        if self.monitor is not None and self.monitor.event_thread_alive and self._stop.is_set():
+            return True  # stopped, yet still inside nvmlEventSetWait: a hung event path
         if workers is None or inv is None:
             return False
         return any(workers.busy_since(g.uuid) is not None for g in inv.gpus)
@@ -181,6 +220,10 @@ class App:
 
     async def _start(self) -> None:
         s = self.settings
+        try:
+            await asyncio.to_thread(prepare_directories, s)
+        except OSError as e:
+            raise StartupError(f"cannot create the plugin's directories: {e}") from e
         for path in (s.dra_socket, s.registration_socket):
             try:
                 await asyncio.to_thread(claim_path, path)
@@ -237,6 +280,7 @@ class App:
             await self.plugin.start()
         except (SocketPathError, SocketInUseError, OSError) as e:
             raise StartupError(f"cannot serve the kubelet sockets: {e}") from e
+        self._start_heartbeat(backend, self.plugin)
         log.info(
             "started: version=%s driver=%s node=%s nvml=%s devices=%d api-server=%s health=%s "
             "dra-socket=%s registration-socket=%s",
@@ -255,6 +299,13 @@ class App:
         """Shut NVML down in a daemon thread, bounded: a hung call must not hold the exit."""
         assert self.backend is not None
         backend = self.backend
+        if self.nvml_calls_in_flight():
+            # Never shut NVML down under a live call (undefined on a real driver):
+            # the process exit releases it.
+            log.warning("NVML left initialised: a call on a hung GPU is still running")
+            if self.workers is not None:
+                self.workers.shutdown()
+            return
         done = threading.Event()
 
         def close() -> None:
@@ -271,6 +322,17 @@ class App:
             await asyncio.sleep(0.02)
         if self.workers is not None:
             self.workers.shutdown()
+
+    def _start_heartbeat(self, backend: NvmlBackend, plugin: KubeletPlugin) -> None:
+        """The file `dra-driver probe` reads: NVML's last answer and the registration."""
+        monitor = self.monitor
+        heartbeat = Heartbeat(
+            self.settings.state_path / HEARTBEAT_FILE,
+            sample=backend.health_sample,
+            polls=(lambda: monitor.counters().polls) if monitor is not None else None,
+            registered=plugin.registered.is_set,
+        )
+        self._spawn(heartbeat.run(), "heartbeat")
 
     def _serve_metrics(self) -> Metrics:
         """Bind the endpoint first, so a taken port fails the start before anything else runs."""
@@ -295,11 +357,11 @@ class App:
 
         s = self.settings
         try:
-            backend = open_backend(library=s.nvml_library, backend=s.nvml_backend)
+            backend = open_backend(library=s.resolved_nvml_library(), backend=s.nvml_backend)
         except Exception as e:
             raise StartupError(
-                f"cannot load NVML (library={s.nvml_library or 'libnvidia-ml.so.1'}, "
-                f"backend={s.nvml_backend}): {e}"
+                f"cannot load NVML (library={s.resolved_nvml_library() or 'libnvidia-ml.so.1'}, "
+                f"backend={s.nvml_backend}, driver root {s.driver_root}): {e}"
             ) from e
         try:
             snapshot = backend.inventory()

@@ -73,7 +73,12 @@ WATCHED_EVENT_TYPES = ("xid", "dbe", "lost", "recovery_action")
 # so a misbehaving driver cannot create series without bound.
 MAX_XID_LABEL = 999
 # The causes an unprepare can have (it reads only the checkpoint and the CDI directory).
-UNPREPARE_ERROR_KINDS = (ErrorKind.INVALID_CLAIM, ErrorKind.CDI_OR_CHECKPOINT, ErrorKind.INTERNAL)
+UNPREPARE_ERROR_KINDS = (
+    ErrorKind.INVALID_CLAIM,
+    ErrorKind.CDI_OR_CHECKPOINT,
+    ErrorKind.BUSY,
+    ErrorKind.INTERNAL,
+)
 
 
 class PublisherCounters(Protocol):
@@ -365,6 +370,16 @@ class _StateCollector(Collector):
                 "dra_gpu_health_unmonitored_gpus",
                 "GPUs whose NVML events could not be registered (health by polling only).",
                 value=stats.unmonitored_gpus,
+            ),
+            CounterMetricFamily(
+                "dra_gpu_nvml_deadline_misses",
+                "Times a GPU's NVML call overran --health-nvml-deadline (the GPU read Unknown).",
+                value=stats.deadline_misses,
+            ),
+            CounterMetricFamily(
+                "dra_gpu_nvml_late_answers",
+                "Hung NVML calls that returned after all (the GPU answered again).",
+                value=stats.late_answers,
             ),
         ]
 

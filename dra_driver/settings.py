@@ -41,6 +41,9 @@ from .slices.taints import EVICT_ALL, evict_word_problem
 DEFAULT_DRIVER = "gpu.nvidia.com"
 LOCAL_NODE_NAME = "localhost"  # the node name of a local try (--allow-default-node-name)
 _PLUGIN_DEFAULTS = PluginOptions()
+# Our state lives in a directory of its own inside the plugin directory: NVIDIA's driver
+# keeps its checkpoint.json, cp.lock and pu.lock directly in <plugins dir>/<driver>.
+STATE_SUBDIR = "dra-driver-gpu"
 
 
 class SettingsError(ValueError):
@@ -56,7 +59,7 @@ class Settings:
     plugins_dir: Path = DEFAULT_PLUGINS_DIR
     registry_dir: Path = DEFAULT_REGISTRY_DIR
     cdi_root: Path = DEFAULT_CDI_ROOT
-    state_dir: Path | None = None  # default: <plugins_dir>/<driver_name>
+    state_dir: Path | None = None  # default: <plugins_dir>/<driver_name>/dra-driver-gpu
     nvml_library: str | None = None  # default: libnvidia-ml.so.1 from the loader path
     rescan_interval: float = 10.0  # re-read the inventory this often; 0: only at start
     nvml_backend: str = "auto"  # auto | cffi | nvidia-ml-py
@@ -66,7 +69,7 @@ class Settings:
     dev_root: Path = Path("/")  # host root where /dev lives (tests use a temp tree)
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
-    driver_root: Path = Path("/")  # where the NVIDIA driver's files are on the host
+    driver_root: Path = Path("/")  # where this process reads the NVIDIA driver's files
     health: bool = True
     health_poll_interval: float = DEFAULT_POLL_INTERVAL
     health_hold: float = DEFAULT_HOLD_SECONDS
@@ -81,6 +84,10 @@ class Settings:
     log_level: str = "INFO"
     partitionable_devices: bool = False
     metrics_address: str = ""  # HOST:PORT serving Prometheus /metrics; empty: no endpoint
+    # The driver root as the host names it, for CDI specs (default: driver_root).
+    host_driver_root: Path | None = None
+    # The NVIDIA kernel driver's /proc directory (default: <proc_root>/driver/nvidia).
+    nvidia_proc_dir: Path | None = None
 
     @property
     def plugin_dir(self) -> Path:
@@ -96,7 +103,28 @@ class Settings:
 
     @property
     def state_path(self) -> Path:
-        return self.state_dir if self.state_dir is not None else self.plugin_dir
+        return self.state_dir if self.state_dir is not None else self.plugin_dir / STATE_SUBDIR
+
+    def resolved_nvml_library(self) -> str | None:
+        """--nvml-library, else libnvidia-ml.so.1 under a driver root mounted elsewhere.
+
+        None: the dynamic loader's own search (the driver root is "/").
+        """
+        if self.nvml_library:
+            return self.nvml_library
+        from .hostpaths import nvml_library_under
+
+        return nvml_library_under(self.driver_root)
+
+    @property
+    def host_driver_root_path(self) -> Path:
+        return self.host_driver_root if self.host_driver_root is not None else self.driver_root
+
+    @property
+    def nvidia_proc_path(self) -> Path:
+        if self.nvidia_proc_dir is not None:
+            return self.nvidia_proc_dir
+        return self.proc_root / "driver/nvidia"
 
     def plugin_config(self) -> PluginConfig:
         return PluginConfig(
@@ -149,6 +177,8 @@ class Settings:
             dev_root=self.dev_root,
             proc_root=self.proc_root,
             driver_root=self.driver_root,
+            host_driver_root=self.host_driver_root_path,
+            nvidia_proc_dir=self.nvidia_proc_path,
         )
 
 
@@ -258,13 +288,20 @@ def _text(text: str) -> str:
 
 
 def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
     return Path(text)
+
+
+def _optional_path(text: str) -> Path | None:
+    """A path whose empty value means unset (the flag's documented default)."""
+    return Path(text) if text.strip() else None
 
 
 # --- the table ---------------------------------------------------------------------------
 
-RUN, INVENTORY, SLICES, CLEANUP = "run", "inventory", "slices", "cleanup"
-_ALL = frozenset({RUN, INVENTORY, SLICES, CLEANUP})
+RUN, INVENTORY, SLICES, CLEANUP, PROBE = "run", "inventory", "slices", "cleanup", "probe"
+_ALL = frozenset({RUN, INVENTORY, SLICES, CLEANUP, PROBE})
 _NVML = frozenset({RUN, INVENTORY, SLICES})
 
 
@@ -311,7 +348,7 @@ _IDENTITY, _KUBELET, _NVML_G, _API, _HEALTH, _SLICES_G, _PROCESS = (
 FLAGS: tuple[Flag, ...] = (
     Flag("--driver-name", "DRIVER_NAME", _text, _D.driver_name,
          "the DRA driver name: device class selectors and claims refer to it",
-         frozenset({RUN, SLICES, CLEANUP}), _IDENTITY, "NAME"),
+         frozenset({RUN, SLICES, CLEANUP, PROBE}), _IDENTITY, "NAME"),
     Flag("--node-name", "NODE_NAME", _text, None,
          "this node's name, also the ResourceSlice pool's name (in a pod: the downward "
          "API's spec.nodeName); required unless --allow-default-node-name",
@@ -322,13 +359,13 @@ FLAGS: tuple[Flag, ...] = (
          frozenset({RUN, CLEANUP}), _IDENTITY, boolean=True),
     Flag("--plugins-dir", "KUBELET_PLUGINS_DIRECTORY_PATH", _path, _D.plugins_dir,
          "the kubelet's plugins directory; the DRA socket and state go in <dir>/<driver>",
-         frozenset({RUN}), _KUBELET, "DIR"),
+         frozenset({RUN, PROBE}), _KUBELET, "DIR"),
     Flag("--registry-dir", "KUBELET_REGISTRAR_DIRECTORY_PATH", _path, _D.registry_dir,
          "the kubelet's plugin registration directory",
-         frozenset({RUN}), _KUBELET, "DIR"),
-    Flag("--state-dir", "STATE_DIR", _path, None,
-         "where the claim checkpoint lives (unset: <plugins-dir>/<driver-name>)",
-         frozenset({RUN}), _KUBELET, "DIR"),
+         frozenset({RUN, PROBE}), _KUBELET, "DIR"),
+    Flag("--state-dir", "STATE_DIR", _optional_path, None,
+         "where the claim checkpoint lives (unset: <plugins-dir>/<driver-name>/dra-driver-gpu)",
+         frozenset({RUN, PROBE}), _KUBELET, "DIR"),
     Flag("--cdi-root", "CDI_ROOT", _path, _D.cdi_root,
          "where claim CDI specs are written for the container runtime",
          frozenset({RUN}), _KUBELET, "DIR"),
@@ -338,8 +375,17 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--proc-root", "PROC_ROOT", _path, _D.proc_root,
          "the host's /proc (the boot id and the driver's parameters are read there)",
          frozenset({RUN}), _KUBELET, "DIR"),
-    Flag("--driver-root", "NVIDIA_DRIVER_ROOT", _path, _D.driver_root,
-         "the root under which the NVIDIA driver's files are installed on the host",
+    Flag("--driver-root", "DRIVER_ROOT_CTR_PATH", _optional_path, None,
+         "where this process reads the NVIDIA driver's files (in a pod: where the host's "
+         "driver root is mounted, e.g. /driver-root); unset: --host-driver-root",
+         frozenset({RUN}), _KUBELET, "DIR"),
+    Flag("--host-driver-root", "NVIDIA_DRIVER_ROOT", _optional_path, None,
+         "the same directory as the host names it, written into CDI specs: / or e.g. "
+         "/run/nvidia/driver; unset: --driver-root, else /",
+         frozenset({RUN}), _KUBELET, "DIR"),
+    Flag("--nvidia-proc-dir", "NVIDIA_PROC_DIR", _optional_path, None,
+         "the NVIDIA kernel driver's /proc/driver/nvidia (MIG capabilities); "
+         "unset: <--proc-root>/driver/nvidia",
          frozenset({RUN}), _KUBELET, "DIR"),
     Flag("--health-resend-interval", "HEALTH_RESEND_INTERVAL", positive_seconds,
          _D.health_resend_interval,
@@ -416,7 +462,9 @@ FLAGS: tuple[Flag, ...] = (
          frozenset({RUN}), _HEALTH, "SECONDS"),
     Flag("--partitionable-devices", "PARTITIONABLE_DEVICES", parse_bool,
          _D.partitionable_devices,
-         "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36)",
+         "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36): "
+         "a counter set per GPU; until dynamic MIG exists, only the MIG devices that exist "
+         "(and a full GPU not in MIG mode) are published, as only those can be prepared",
          frozenset({RUN, SLICES}), _SLICES_G, boolean=True),
     Flag("--metrics-address", "METRICS_ADDRESS", metrics_address, _D.metrics_address,
          "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:8080 or :8080 "
@@ -533,11 +581,15 @@ def from_args(ns: argparse.Namespace) -> Settings:
     for key in ("plugins_dir", "registry_dir", "cdi_root", "state_dir"):
         if values.get(key) is not None:
             values[key] = Path(values[key]).absolute()
-    for key in ("dev_root", "proc_root", "sys_root", "driver_root"):
+    for key in ("dev_root", "proc_root", "sys_root", "driver_root", "host_driver_root",
+                "nvidia_proc_dir"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
     if "health_evict" in values:
         values["health_evict"] = tuple(values["health_evict"])
+    if "driver_root" in values and values["driver_root"] is None:
+        # One directory named once: the host's driver root, read where it is.
+        values["driver_root"] = values.get("host_driver_root") or Path("/")
     if "health_ignored_xids" in values:
         values["health_ignored_xids"] = tuple(values["health_ignored_xids"])
     return Settings(**values)

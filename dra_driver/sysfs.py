@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-_ROOT_BUS = re.compile(r"^pci([0-9a-f]{4}):([0-9a-f]{2})$")
+_ROOT_BUS = re.compile(r"^pci([0-9a-f]{4}):([0-9a-f]{2})\Z")
 
 
 def pcie_root_resolver(sys_root: Path = Path("/sys")) -> PcieRoots:

@@ -264,6 +264,7 @@ class HealthMonitor:
             while thread.is_alive() and time.monotonic() < until:
                 await asyncio.sleep(0.02)
             if thread.is_alive():
+                self._thread = thread  # event_thread_alive keeps telling the truth
                 log.warning(
                     "the NVML event thread did not stop within %gs (NVML hung?); left behind",
                     limit,
@@ -468,7 +469,9 @@ class HealthMonitor:
                 self.stats.xids_by_gpu[gpu or "unknown", event.event_data] += 1
 
     def _pause(self, failures: int) -> None:
-        self._stopping.wait(min(self.config.error_backoff * 2 ** (failures - 1), ERROR_BACKOFF_MAX))
+        # Capped below the watchdog's limit: a thread that is alive and retrying is not stuck.
+        cap = min(ERROR_BACKOFF_MAX, self.config.event_stall_after / 2)
+        self._stopping.wait(min(self.config.error_backoff * 2 ** (failures - 1), cap))
 
     # -- polling -----------------------------------------------------------------------
 

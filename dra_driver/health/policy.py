@@ -254,6 +254,10 @@ class _Gpu:
     note: str = ""
     action: int | None = None  # latest NVML recovery action (None: driver has not said)
     unresponsive: tuple[float, str] | None = None  # (policy-clock since, what is hung)
+    # The latest sample applied in full, kept only while applying an equal sample
+    # again would change nothing: it answered SUCCESS, no condition waits for the
+    # GPU to answer, and no event has touched the GPU's conditions since.
+    settled: HealthSample | None = None
 
 
 class HealthPolicy:
@@ -272,6 +276,7 @@ class HealthPolicy:
         self._conds: dict[str, dict[str, Condition]] = {}
         self._gpu_by_device: dict[str, _Gpu] = {}
         self._stalled: dict[str, tuple[float, str]] = {}  # key -> (since, what stopped)
+        self._held: set[str] = set()  # devices that may have HELD conditions (expire's work)
         for gpu in inventory.gpus:
             migs = {
                 (d.mig.gpu_instance_id, d.mig.compute_instance_id): d.name
@@ -520,6 +525,7 @@ class HealthPolicy:
     def _on_recovery_action(self, gpu: _Gpu, action: int, now: float, out: Outcome) -> None:
         gpu.action = action
         if action == RECOVERY_ACTION_NONE:
+            gpu.settled = None
             for name in gpu.devices:
                 conds = self._conds[name]
                 for reason in [r for r in conds if r.startswith(RECOVERY_ACTION_PREFIX)]:
@@ -590,6 +596,16 @@ class HealthPolicy:
         return out
 
     def _on_sample(self, gpu: _Gpu, s: HealthSample, sampled_at: float, out: Outcome) -> None:
+        if gpu.unresponsive is not None:  # it answered, whatever it said
+            out.merge(self.set_answered(gpu.uuid))
+        settled = gpu.settled
+        if settled is not None and (s is settled or s == settled):
+            # The steady state: the same readings as last time change no condition.
+            # Only the time of the latest good answer moves (held conditions expire by it).
+            if gpu.last_ok_at is None or sampled_at > gpu.last_ok_at:
+                gpu.last_ok_at = sampled_at
+            return
+        gpu.settled = None
         if s.rc != SUCCESS:
             gpu.answering_since = None
         elif gpu.last_rc != SUCCESS or gpu.answering_since is None:
@@ -616,13 +632,19 @@ class HealthPolicy:
             self._log_once(gpu, "sample", s.rc, out, "health sample failed")
             return
         gpu.last_ok_at = sampled_at if gpu.last_ok_at is None else max(gpu.last_ok_at, sampled_at)
+        waiting = False  # an UNTIL_ANSWERS condition raised after this sample started
         for name in gpu.devices:  # the GPU answers: lost / reset-required are over
             conds = self._conds[name]
             for reason, c in list(conds.items()):
-                if c.kind is Kind.UNTIL_ANSWERS and sampled_at >= c.last_seen:
-                    del conds[reason]
-                    out.changed.add(name)
-                    out.note(logging.INFO, f"{name}: {reason} cleared: the GPU answers NVML again")
+                if c.kind is Kind.UNTIL_ANSWERS:
+                    if sampled_at >= c.last_seen:
+                        del conds[reason]
+                        out.changed.add(name)
+                        out.note(
+                            logging.INFO, f"{name}: {reason} cleared: the GPU answers NVML again"
+                        )
+                    else:
+                        waiting = True
         wanted: dict[str, tuple[str, Health, str]] = {}  # reason -> (signal, severity, text)
         keep: set[str] = set()  # signals whose readings failed: previous conditions stay
         self._sample_remap(gpu, s, wanted, keep, out)
@@ -633,6 +655,8 @@ class HealthPolicy:
         self._sample_recovery_action(gpu, s, sampled_at, wanted, keep, out)
         self._set_polled(gpu, wanted, keep, now, out)
         self._sample_ecc(gpu, s, now, out)
+        if not waiting:
+            gpu.settled = s
 
     def _sample_recovery_action(
         self,
@@ -851,6 +875,8 @@ class HealthPolicy:
     def expire(self) -> Outcome:
         """Clear held conditions whose hold has passed on a GPU that answers normally."""
         out = Outcome()
+        if not self._held:
+            return out
         now = self._clock()
         hold = self.config.hold_seconds
         for gpu in self._gpus.values():
@@ -870,14 +896,19 @@ class HealthPolicy:
                             logging.INFO,
                             f"{name}: {reason} cleared after {hold:g}s without a repeat",
                         )
+        self._held = {
+            name
+            for name in self._held
+            if any(c.kind is Kind.HELD for c in self._conds[name].values())
+        }
         return out
 
     def next_expiry(self) -> float | None:
         """Policy-clock time at which the earliest held condition may expire, if any."""
         times = [
             c.last_seen + self.config.hold_seconds
-            for conds in self._conds.values()
-            for c in conds.values()
+            for name in self._held
+            for c in self._conds[name].values()
             if c.kind is Kind.HELD
         ]
         return min(times) if times else None
@@ -907,6 +938,9 @@ class HealthPolicy:
         """
         for name in devices:
             conds = self._conds[name]
+            self._gpu_by_device[name].settled = None  # the next sample is applied in full
+            if kind is Kind.HELD:
+                self._held.add(name)
             old = conds.get(reason)
             if old is None:
                 conds[reason] = Condition(reason, severity, text, kind, now, now, recovery=recovery)

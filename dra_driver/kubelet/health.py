@@ -23,9 +23,11 @@ from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
+import grpc
+
 from ..health.board import DeviceHealth, Health, HealthBoard
 from .dra import truncate_utf8
-from .options import DEFAULT_HEALTH_TIMEOUT, DEFAULT_RESEND_INTERVAL
+from .options import DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_HEALTH_STREAMS, DEFAULT_RESEND_INTERVAL
 from .proto import drahealth_v1_pb2 as pb_v1
 from .proto import drahealth_v1_pb2_grpc as pb_v1_grpc
 from .proto import drahealth_v1alpha1_pb2 as pb_v1alpha1
@@ -69,6 +71,7 @@ class HealthServicer:
         resend_interval: float = DEFAULT_RESEND_INTERVAL,
         timeout_seconds: int = DEFAULT_HEALTH_TIMEOUT,
         check_interval: float = 0.0,
+        max_streams: int = DEFAULT_MAX_HEALTH_STREAMS,
     ) -> None:
         if resend_interval <= 0:
             raise ValueError("resend_interval must be positive")
@@ -80,6 +83,7 @@ class HealthServicer:
         self._timeout = max(timeout_seconds, math.ceil(3 * max(resend_interval, check_interval)))
         self._closing = asyncio.Event()
         self._streams = 0
+        self._max_streams = max_streams
         self.v1 = _V1Servicer(self)
         self.v1alpha1 = _V1alpha1Servicer(self)
 
@@ -103,8 +107,24 @@ class HealthServicer:
             ]
         )
 
-    async def stream(self, pb: ModuleType, version: str) -> AsyncIterator[Any]:
-        """The shared stream: the full list now, then on every change or resend interval."""
+    async def stream(
+        self, pb: ModuleType, version: str, context: object = None
+    ) -> AsyncIterator[Any]:
+        """The shared stream: the full list now, then on every change or resend interval.
+
+        Past max_streams open ones (of both versions) a stream is refused with
+        RESOURCE_EXHAUSTED: idle streams count against the server's
+        MAX_CONCURRENT_RPCS, which prepare and unprepare need.
+        """
+        if self._streams >= self._max_streams:
+            log.warning("refused a health stream (%s): %d open already", version, self._streams)
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many health streams: {self._streams} are open, this plugin serves at "
+                f"most {self._max_streams}; close idle ones (the kubelet needs one)",
+            )
+            return
         self._streams += 1
         log.debug("%s health watcher connected (%d active)", version, self._streams)
         try:
@@ -118,7 +138,7 @@ class HealthServicer:
 
     # v1alpha1 callers (and tests) that address the servicer itself.
     async def NodeWatchResources(self, request: object, context: object) -> AsyncIterator[Any]:
-        async for message in self.stream(pb_v1alpha1, "v1alpha1"):
+        async for message in self.stream(pb_v1alpha1, "v1alpha1", context):
             yield message
 
     async def _wait_change_or_resend(self, version: int) -> None:
@@ -141,7 +161,7 @@ class _V1Servicer(pb_v1_grpc.DRAResourceHealthServicer):
         self, request: pb_v1.NodeWatchResourcesRequest, context: object
     ) -> AsyncIterator[pb_v1.NodeWatchResourcesResponse]:
         # grpc.aio streams only from an async generator function, so no plain delegation.
-        async for message in self._core.stream(pb_v1, "v1"):
+        async for message in self._core.stream(pb_v1, "v1", context):
             yield message
 
 
@@ -154,5 +174,13 @@ class _V1alpha1Servicer(pb_v1alpha1_grpc.DRAResourceHealthServicer):
     async def NodeWatchResources(
         self, request: pb_v1alpha1.NodeWatchResourcesRequest, context: object
     ) -> AsyncIterator[pb_v1alpha1.NodeWatchResourcesResponse]:
-        async for message in self._core.stream(pb_v1alpha1, "v1alpha1"):
+        async for message in self._core.stream(pb_v1alpha1, "v1alpha1", context):
             yield message
+
+
+async def _abort(context: object, code: grpc.StatusCode, details: str) -> None:
+    """End the call with code (a grpc.aio context raises out of here)."""
+    abort = getattr(context, "abort", None)
+    if abort is None:  # called without gRPC (tests): the refusal is the end of the stream
+        return
+    await abort(code, details)

@@ -18,6 +18,10 @@ DEFAULT_REGISTRY_DIR = Path("/var/lib/kubelet/plugins_registry")
 DEFAULT_RESEND_INTERVAL = 10.0
 # The kubelet's own default; always larger than three resend intervals.
 DEFAULT_HEALTH_TIMEOUT = 30
+# Health streams have a cap of their own, far below the server's MAX_CONCURRENT_RPCS
+# (1024, which counts open streams too): the kubelet opens one per plugin connection,
+# and idle streams past the cap must never take the capacity prepare calls need.
+DEFAULT_MAX_HEALTH_STREAMS = 128
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,4 @@ class PluginOptions:
     registration_backoff_max: float = 120.0
     shutdown_grace: float = 5.0
     max_concurrent_claim_calls: int = 32
+    max_health_streams: int = DEFAULT_MAX_HEALTH_STREAMS

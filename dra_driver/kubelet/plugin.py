@@ -56,6 +56,7 @@ class KubeletPlugin:
                 self._opts.health_resend_interval,
                 self._opts.health_timeout_seconds,
                 check_interval=self._opts.health_check_interval,
+                max_streams=self._opts.max_health_streams,
             )
         self.services = supported_services(self.health is not None)
         self.dra = SocketServer("dra", config.dra_socket, self._add_dra_services)

@@ -86,12 +86,16 @@ class _Worker:
             try:
                 result = job.fn(*job.args)
             except BaseException as e:  # handed to the caller, whatever it is
+                self._idle()
                 job.future.set_exception(e)
             else:
+                self._idle()
                 job.future.set_result(result)
-            finally:
-                with self._lock:
-                    self._running = None
+
+    def _idle(self) -> None:
+        # Before the future completes: whoever it wakes sees this worker free.
+        with self._lock:
+            self._running = None
 
 
 class GpuWorkers:

@@ -23,9 +23,11 @@ from .config import (
     OpaqueConfig,
     SharingStrategy,
     TimeSliceInterval,
+    base_request,
     config_for,
     decode_configs,
 )
+from .shape import MalformedClaim, NotAllocated, allocation_devices, driver_results
 from .types import ClaimError, ClaimRef, ErrorKind
 
 COMPUTE_MODE_DEFAULT = 0  # NVML_COMPUTEMODE_DEFAULT
@@ -82,55 +84,63 @@ def plan_claim(
     inventory: Inventory,
     health: HealthBoard | None,
 ) -> list[Planned]:
-    """This driver's allocation results of the claim, resolved; [] when none are ours."""
-    allocation = (claim.get("status") or {}).get("allocation")
-    if not isinstance(allocation, dict):
+    """This driver's allocation results of the claim, resolved; [] when none are ours.
+
+    The cheap checks come first: opaque configs are decoded only for a claim
+    that is otherwise preparable, and only those naming one of its requests
+    (or none), so a hostile config of another request costs nothing.
+    """
+    try:
+        alloc_devices = allocation_devices(claim)
+        results = driver_results(alloc_devices, driver)
+    except NotAllocated as e:
         raise ClaimError(
             f"ResourceClaim {ref.namespace}/{ref.name} is not allocated",
             ErrorKind.NOT_ALLOCATED,
-        )
-    alloc_devices = allocation.get("devices") or {}
-    results = [
-        r
-        for r in alloc_devices.get("results") or []
-        if isinstance(r, dict) and r.get("driver") == driver
-    ]
+        ) from e
+    except MalformedClaim as e:
+        raise ClaimError(
+            f"ResourceClaim {ref.namespace}/{ref.name} has a malformed allocation: {e}",
+            ErrorKind.NOT_ALLOCATED,
+        ) from e
     if not results:
         return []
-    try:
-        configs = decode_configs(alloc_devices, driver)
-    except ConfigError as e:
-        raise ClaimError(f"invalid opaque configuration: {e}", ErrorKind.CONFIG) from e
-    plans = []
+    devices = []
     for r in results:
-        request, name, rpool = str(r.get("request", "")), r.get("device"), r.get("pool")
-        if rpool != pool:
+        if r.pool != pool:
             raise ClaimError(
-                f"request {request!r}: device {name} was allocated from pool {rpool!r}, "
-                f"not this node's pool {pool!r}",
+                f"request {r.request!r}: device {r.device} was allocated from pool "
+                f"{r.pool!r}, not this node's pool {pool!r}",
                 ErrorKind.NOT_ALLOCATED,
             )
-        device = inventory.device(str(name))
+        device = inventory.device(r.device)
         if device is None:
             raise ClaimError(
-                f"request {request!r}: device {name!r} is not a device of this node "
+                f"request {r.request!r}: device {r.device!r} is not a device of this node "
                 f"(unknown to the current inventory of pool {pool!r})",
                 ErrorKind.DEVICE_UNAVAILABLE,
             )
         if health is not None:
-            check_health(request, device, inventory, health)
+            check_health(r.request, device, inventory, health)
+        devices.append(device)
+    requests = {r.request for r in results} | {base_request(r.request) for r in results}
+    try:
+        configs = decode_configs(alloc_devices, driver, requests)
+    except ConfigError as e:
+        raise ClaimError(f"invalid opaque configuration: {e}", ErrorKind.CONFIG) from e
+    plans = []
+    for r, device in zip(results, devices, strict=True):
         try:
-            config = config_for(request, device.type is DeviceType.MIG, configs)
+            config = config_for(r.request, device.type is DeviceType.MIG, configs)
         except ConfigError as e:
             raise ClaimError(f"invalid opaque configuration: {e}", ErrorKind.CONFIG) from e
-        share = r.get("shareID")
         plans.append(
             Planned(
-                request=request,
+                request=r.request,
                 device=device,
                 gpu_uuid=device.parent_uuid or device.uuid,
-                admin=r.get("adminAccess") is True,
-                share_id=str(share) if share else None,
+                admin=r.admin_access,
+                share_id=r.share_id,
                 config=config,
             )
         )

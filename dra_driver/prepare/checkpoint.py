@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -270,6 +271,7 @@ class LoadReport:
     rebuilt_claims: int = 0
     boot_changed: bool = False
     dropped_claims: int = 0
+    sweep_failed: str = ""  # why the start-up sweep of CDI specs failed (retried later)
 
 
 Rebuild = Callable[[], dict[str, ClaimRecord]]
@@ -290,13 +292,17 @@ class CheckpointStore:
         self.path = state_dir / file_name
         self.boot_id = boot_id
         self._rebuild = rebuild
-        self._files = Recycler(state_dir, file_name, mode=0o600, max_spares=2, owner=owner)
+        # Private files (0600): an old version in a spare reveals nothing new, so no scrub.
+        self._files = Recycler(
+            state_dir, file_name, mode=0o600, max_spares=2, owner=owner, scrub=False
+        )
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
         self._cache: tuple[tuple[int, int, int], Checkpoint] | None = None
         self._queue_lock = threading.Lock()
         self._queue: list[_Op] = []
         self.writes = 0
+        self._loaded = False  # load() ran: from then on a missing file means it vanished
 
     # --- locking ---
     @contextmanager
@@ -306,7 +312,9 @@ class CheckpointStore:
             if self._lock_fd is None:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 self._lock_fd = os.open(
-                    self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+                    self.dir / LOCK_NAME,
+                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
                 )
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
@@ -323,9 +331,11 @@ class CheckpointStore:
     # --- reading ---
     def _stat_key(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             return None
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptCheckpoint(f"{self.path} is not a regular file (a symlink?)")
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _read(self) -> Checkpoint | None:
@@ -336,7 +346,9 @@ class CheckpointStore:
         cache = self._cache
         if cache is not None and cache[0] == key:
             return cache[1]
-        data = self.path.read_bytes()
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
         cp = decode(data)
         self._cache = (key, cp)
         return cp
@@ -346,6 +358,10 @@ class CheckpointStore:
         try:
             cp = self._read()
         except CorruptCheckpoint:
+            cp = None
+        if cp is None and (self._loaded or self._rebuild is None):
+            # Corrupted, or vanished since it was loaded (a wiped state dir): the
+            # locked load repairs it from the CDI specs before anyone trusts "empty".
             with self.locked():
                 return dict(self._load_locked(LoadReport()).claims)
         return dict(cp.claims) if cp is not None else {}
@@ -381,7 +397,19 @@ class CheckpointStore:
         except OSError as e:
             raise OSError(e.errno or errno.EIO, f"cannot read checkpoint {self.path}: {e}") from e
         if cp is None:
-            cp = Checkpoint(self.boot_id)
+            # No checkpoint is not "nothing prepared" when specs of ours are on disk
+            # (a wiped or lost state dir): rebuild from them, as after corruption.
+            claims = self._rebuild() if self._rebuild is not None else {}
+            if claims:
+                report.rebuilt_claims = len(claims)
+                report.corruption = "missing"
+                log.error(
+                    "CHECKPOINT MISSING: %s does not exist but %d CDI spec(s) of ours do; "
+                    "rebuilt their claims from the specs",
+                    self.path,
+                    len(claims),
+                )
+            cp = Checkpoint(self.boot_id, claims)
             self._write_locked(cp)
             return cp
         if self.boot_id and cp.boot_id != self.boot_id:
@@ -408,6 +436,7 @@ class CheckpointStore:
         with self.locked():
             self._files.sweep(lambda _owner: False)
             self._load_locked(report)
+            self._loaded = True
         return report
 
     # --- writing ---

@@ -12,9 +12,17 @@ the request explicitly and is skipped otherwise.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import (
+    ROUND_CEILING,
+    Context,
+    Decimal,
+    DecimalException,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -90,7 +98,12 @@ class OpaqueConfig:
 
 # --- quantities --------------------------------------------------------------------------
 
-_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([a-zA-Z]*|[eE][+-]?[0-9]+)$")
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([a-zA-Z]*|[eE][+-]?[0-9]+)\Z")
+# Bounds that keep parsing O(1): Kubernetes quantities fit in an int64 anyway.
+MAX_QUANTITY = 2**63 - 1
+MAX_QUANTITY_CHARS = 64
+MAX_EXPONENT = 64
+_PRECISION = MAX_QUANTITY_CHARS + 2 * MAX_EXPONENT  # exact for every text that passes the bounds
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {
     "n": Decimal("1e-9"),
@@ -107,27 +120,51 @@ _DECIMAL = {
 
 
 def parse_quantity(value: Any, where: str) -> int:
-    """A Kubernetes resource.Quantity (string or JSON number) as an integer, rounded up."""
+    """A Kubernetes resource.Quantity (string or JSON number) as an integer, rounded up.
+
+    Opaque parameters reach us unvalidated, so the text, the exponent and the
+    result are bounded before any arithmetic: "9e999999" would otherwise build
+    a multi-million-bit integer while holding the GIL, stalling every claim.
+    """
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ConfigError(f"{where}: must be a quantity such as '10Gi', got {_type(value)}")
+    if isinstance(value, int) and value.bit_length() > MAX_QUANTITY.bit_length():
+        raise ConfigError(f"{where}: quantity out of range (at most {MAX_QUANTITY})")
+    if isinstance(value, str) and len(value) > MAX_QUANTITY_CHARS:
+        raise ConfigError(
+            f"{where}: a quantity of {len(value)} characters is not a quantity "
+            f"(at most {MAX_QUANTITY_CHARS}; e.g. '512Mi', '10Gi')"
+        )
     text = str(value).strip()
     m = _QUANTITY.match(text)
     if not m:
-        raise ConfigError(f"{where}: {text!r} is not a quantity (e.g. '512Mi', '10Gi')")
+        raise ConfigError(
+            f"{where}: {text[:MAX_QUANTITY_CHARS]!r} is not a quantity (e.g. '512Mi', '10Gi')"
+        )
     number, suffix = m.groups()
-    try:
-        amount = Decimal(number)
-        if suffix in _BINARY:
-            amount *= _BINARY[suffix]
-        elif suffix in _DECIMAL:
-            amount *= _DECIMAL[suffix]
-        elif suffix[:1] in ("e", "E"):
-            amount *= Decimal(10) ** int(suffix[1:])
-        else:
+    if suffix not in _BINARY and suffix not in _DECIMAL:
+        if suffix[:1] not in ("e", "E"):
             raise ConfigError(f"{where}: {text!r} has an unknown suffix {suffix!r}")
-    except InvalidOperation as e:
-        raise ConfigError(f"{where}: {text!r} is not a quantity") from e
-    return int(amount.to_integral_value(rounding=ROUND_CEILING))
+        digits = suffix[1:].lstrip("+-").lstrip("0")
+        if len(digits) > 3 or int(digits or "0") > MAX_EXPONENT:
+            raise ConfigError(
+                f"{where}: {text!r}: quantity exponent out of range (at most {MAX_EXPONENT})"
+            )
+    try:
+        with localcontext(Context(prec=_PRECISION, traps=[InvalidOperation, Overflow])):
+            amount = Decimal(number)
+            if suffix in _BINARY:
+                amount *= _BINARY[suffix]
+            elif suffix in _DECIMAL:
+                amount *= _DECIMAL[suffix]
+            else:
+                amount = amount.scaleb(int(suffix[1:]))
+            result = int(amount.to_integral_value(rounding=ROUND_CEILING))
+    except DecimalException as e:
+        raise ConfigError(f"{where}: {text!r} is not a quantity: {type(e).__name__}") from e
+    if abs(result) > MAX_QUANTITY:
+        raise ConfigError(f"{where}: {text!r}: quantity out of range (at most {MAX_QUANTITY})")
+    return result
 
 
 # --- strict decoding ---------------------------------------------------------------------
@@ -141,13 +178,20 @@ def _type(value: Any) -> str:
     )
 
 
+def _show(text: str, limit: int = 64) -> str:
+    """A user's value for an error message: as is when short and printable, else cut."""
+    if len(text) <= limit and text.isprintable():
+        return text
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def _object(value: Any, where: str, allowed: Sequence[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: must be an object, got {_type(value)}")
     for key in value:
         if key not in allowed:
             raise ConfigError(
-                f"{where}.{key}: unknown field (allowed: {', '.join(allowed)})".lstrip(".")
+                f"{where}.{_show(str(key))}: unknown field (allowed: {', '.join(allowed)})"
             )
     return {k: v for k, v in value.items() if v is not None}
 
@@ -167,7 +211,7 @@ def _enum(cls: type[_E], value: Any, where: str) -> _E:
         return cls(text)
     except ValueError:
         allowed = ", ".join(m.value for m in cls)
-        raise ConfigError(f"{where}: {text!r} is not one of {allowed}") from None
+        raise ConfigError(f"{where}: {_show(repr(text))} is not one of {allowed}") from None
 
 
 def _decode_mps(value: Any, where: str) -> MpsConfig:
@@ -193,7 +237,7 @@ def _decode_mps(value: Any, where: str) -> MpsConfig:
         raw_limit = obj["defaultPinnedDeviceMemoryLimit"]
         limit = parse_quantity(raw_limit, w)
         if limit < MIN_PINNED_MEMORY:
-            raise ConfigError(f"{w}: must be at least 1Mi, got {raw_limit}")
+            raise ConfigError(f"{w}: must be at least 1Mi, got {_show(str(raw_limit))}")
     per_device: dict[str, int] = {}
     raw = obj.get("defaultPerDevicePinnedMemoryLimit")
     if raw is not None:
@@ -203,9 +247,9 @@ def _decode_mps(value: Any, where: str) -> MpsConfig:
         for key, q in raw.items():
             if not key:
                 raise ConfigError(f"{w}: empty device key")
-            v = parse_quantity(q, f"{w}[{key}]")
+            v = parse_quantity(q, f"{w}[{_show(key)}]")
             if v < MIN_PINNED_MEMORY:
-                raise ConfigError(f"{w}[{key}]: must be at least 1Mi, got {q}")
+                raise ConfigError(f"{w}[{_show(key)}]: must be at least 1Mi, got {_show(str(q))}")
             per_device[key] = v
     return MpsConfig(pct, limit, per_device)
 
@@ -270,8 +314,14 @@ def decode_parameters(params: Any, where: str = "parameters") -> DeviceConfig:
     raise ConfigError(f"{where}.kind: {kind!r} is not one of GpuConfig, MigDeviceConfig")
 
 
-def decode_configs(allocation_devices: Mapping[str, Any], driver: str) -> list[OpaqueConfig]:
-    """This driver's opaque configs of an allocation, lowest precedence first."""
+def decode_configs(
+    allocation_devices: Mapping[str, Any], driver: str, requests: Collection[str] | None = None
+) -> list[OpaqueConfig]:
+    """This driver's opaque configs of an allocation, lowest precedence first.
+
+    With requests, a config that names requests but none of these is skipped
+    undecoded: a claim pays only for the configs that can apply to it.
+    """
     raw = allocation_devices.get("config") or []
     if not isinstance(raw, list):
         raise ConfigError("status.allocation.devices.config: must be an array")
@@ -283,12 +333,16 @@ def decode_configs(allocation_devices: Mapping[str, Any], driver: str) -> list[O
         opaque = entry.get("opaque")
         if not isinstance(opaque, dict) or opaque.get("driver") != driver:
             continue  # another driver's config, or a structured one we do not own
-        requests = entry.get("requests") or []
-        if not isinstance(requests, list) or not all(isinstance(r, str) for r in requests):
+        names = entry.get("requests") or []
+        if not isinstance(names, list) or not all(isinstance(r, str) for r in names):
             raise ConfigError(f"{where}.requests: must be an array of strings")
+        if names and requests is not None and not any(r in requests for r in names):
+            continue
         source = entry.get("source") or "FromClaim"
+        if not isinstance(source, str):
+            raise ConfigError(f"{where}.source: must be a string")
         config = decode_parameters(opaque.get("parameters"), f"{where}.opaque.parameters")
-        out.append(OpaqueConfig(i, str(source), tuple(requests), config))
+        out.append(OpaqueConfig(i, source, tuple(names), config))
     # Class configs first, then claim configs; stable within each source.
     out.sort(key=lambda c: 0 if c.source == "FromClass" else 1)
     return out

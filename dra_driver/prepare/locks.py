@@ -37,7 +37,8 @@ class InstanceRegistry:
         if self._fd is not None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path(self.id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self._path(self.id), flags, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._fd = fd
 
@@ -54,8 +55,8 @@ class InstanceRegistry:
         if not instance_id or not instance_id.isalnum():
             return False
         try:
-            fd = os.open(self._path(instance_id), os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = os.open(self._path(instance_id), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # gone, or not a lock file of ours (ELOOP: a symlink)
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -33,6 +34,7 @@ from typing import Any
 
 from ..health.board import HealthBoard
 from ..inventory import Inventory
+from ..logsafe import clip
 from ..nvml.errors import NvmlError
 from ..nvml.types import NvmlBackend
 from .allocation import Action, Planned, check_claim, merged_admin, nvml_actions, plan_claim
@@ -60,9 +62,10 @@ from .crashpoints import CrashPoints
 from .files import fsync_dir
 from .locks import InstanceRegistry, KeyedLocks
 from .options import PreparerConfig
-from .recovery import ensure_spec, rebuild_from_cdi, recover
+from .recovery import ensure_spec, rebuild_from_cdi, recover, sweep
 from .sources import ClaimNotFound, ClaimSource, ClaimSourceError
 from .types import (
+    CALL_DEADLINE,
     ClaimError,
     ClaimRef,
     ErrorKind,
@@ -73,9 +76,12 @@ from .types import (
 
 log = logging.getLogger(__name__)
 
+MAX_RETRY_INTERVAL = 300.0  # background repairs retry at least this often
+
 
 def _ref_text(ref: ClaimRef) -> str:
-    return f"{ref.namespace}/{ref.name}:{ref.uid}"
+    """A claim for the log: its names come from users, so escaped and capped."""
+    return clip(f"{ref.namespace}/{ref.name}:{ref.uid}", 1024)
 
 
 def _distinct(claims: Sequence[ClaimRef]) -> list[ClaimRef]:
@@ -116,7 +122,12 @@ class ClaimPreparer:
         self._nvml = nvml
         self._instances = InstanceRegistry(config.state_dir / "instances")
         self._host = HostLayout(
-            config.dev_root, config.proc_root, config.driver_root, self._driver_version
+            config.dev_root,
+            config.proc_root,
+            config.driver_root,
+            self._driver_version,
+            host_driver_root=config.host_driver_root,
+            nvidia_proc_dir=config.nvidia_proc_dir,
         )
         self._cdi = CdiSpecs(
             config.cdi_root, config.driver_name, self._host, owner=self._instances.id
@@ -131,22 +142,42 @@ class ClaimPreparer:
         )
         self._gpu_locks = KeyedLocks()
         self._claim_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Local work (checkpoint, CDI, NVML) and API reads on separate threads, so that
+        # a hung API server never holds the threads checkpoint hits and unprepares need.
         self._pool = ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix="claim-prepare"
         )
+        self._api = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="claim-api")
         # File work that overlaps a claim's own checkpoint write (see _prepare_sync).
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="claim-io")
         self._crash = CrashPoints()
         self.load_report: LoadReport | None = None
+        # Background repair of what failed on the request path or at start: a sweep
+        # of orphaned specs (read-only CDI root) and started records a roll-back
+        # could not drop. Retried with doubling intervals up to MAX_RETRY_INTERVAL.
+        self.sweep_retry_interval = 30.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._repair_task: asyncio.Task[None] | None = None
+        self._need_sweep = False
+        self._pending_drops: set[str] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load or repair the checkpoint, roll back unfinished claims, sweep orphaned specs."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._start_sync)
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        await self._loop.run_in_executor(self._pool, self._start_sync)
+        if self.load_report is not None and self.load_report.sweep_failed:
+            self._schedule_repair(sweep=True)
 
     async def close(self) -> None:
         """Release this instance's lock and stop the worker threads."""
+        if self._repair_task is not None:
+            self._repair_task.cancel()
+            await asyncio.gather(self._repair_task, return_exceptions=True)
+        self._api.shutdown(wait=False, cancel_futures=True)  # a hung read must not block exit
         self._pool.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self._instances.release()
@@ -163,6 +194,59 @@ class ClaimPreparer:
         self._instances.acquire()
         self._crash.warn()
         self.load_report = recover(self._store, self._cdi, self._instances)
+
+    # --- background repair ---------------------------------------------------------------
+
+    def _schedule_repair(self, sweep: bool = False, drop: str | None = None) -> None:
+        """Note work for the repair task and start it (from any thread)."""
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._schedule_repair, sweep, drop)
+            return
+        self._need_sweep = self._need_sweep or sweep
+        if drop is not None:
+            self._pending_drops.add(drop)
+        if self._repair_task is None or self._repair_task.done():
+            self._repair_task = loop.create_task(self._repair(), name="claim-repair")
+
+    async def _repair(self) -> None:
+        interval = self.sweep_retry_interval
+        while self._need_sweep or self._pending_drops:
+            await asyncio.sleep(interval)
+            sweep_now, drops = self._need_sweep, set(self._pending_drops)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._repair_sync, sweep_now, drops
+                )
+            except Exception as e:
+                interval = min(interval * 2, MAX_RETRY_INTERVAL)
+                log.warning("repair still failing: %s; next try in %.0fs", e, interval)
+                continue
+            self._need_sweep = self._need_sweep and not sweep_now
+            self._pending_drops -= drops
+
+    def _repair_sync(self, sweep_now: bool, drops: set[str]) -> None:
+        if drops:
+            self._store.update(lambda claims: self._drop_started(claims, drops))
+            log.info("dropped the started record(s) of rolled-back claim(s) %s", sorted(drops))
+        if sweep_now:
+            swept = sweep(self._store, self._cdi, self._instances)
+            log.info("swept %d orphaned CDI spec(s) on retry", len(swept))
+
+    def _drop_started(self, claims: dict[str, ClaimRecord], uids: set[str]) -> tuple[None, bool]:
+        changed = False
+        for uid in uids:
+            cur = claims.get(uid)
+            if (
+                cur is not None
+                and cur.state is ClaimState.STARTED
+                and cur.instance == self._instances.id
+            ):
+                del claims[uid]
+                changed = True
+        return None, changed
 
     # --- per-claim serialisation ---------------------------------------------------------
 
@@ -187,6 +271,37 @@ class ClaimPreparer:
         results = await asyncio.gather(*(self._prepare_one(r) for r in refs))
         return {r.uid: res for r, res in zip(refs, results, strict=True)}
 
+    async def prepared(self, claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
+        """Answers for claims already prepared, from the checkpoint alone (AnswersFromCheckpoint).
+
+        Claims another task is working on are left out (the caller queues them),
+        so nothing here waits on a lock, the API server or a busy thread pool.
+        """
+        refs = [
+            r
+            for r in _distinct(claims)
+            if CLAIM_UID_RE.fullmatch(r.uid) and r.uid not in self._claim_locks
+        ]
+        if not refs:
+            return {}
+        found = await asyncio.gather(*map(self._cached_one, refs))
+        return {
+            ref.uid: PrepareResult(devices=devices)
+            for ref, devices in zip(refs, found, strict=True)
+            if devices is not None
+        }
+
+    async def _cached_one(self, ref: ClaimRef) -> tuple[PreparedDevice, ...] | None:
+        if ref.uid in self._claim_locks:
+            return None
+        async with self._claim_lock(ref.uid):
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._cached, ref
+                )
+            except Exception:
+                return None  # the ordinary path reports it
+
     async def _prepare_one(self, ref: ClaimRef) -> PrepareResult:
         try:
             check_claim_uid(ref.uid)
@@ -195,11 +310,9 @@ class ClaimPreparer:
         start = time.perf_counter()
         async with self._claim_lock(ref.uid):
             try:
-                devices = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._prepare_sync, ref
-                )
+                devices = await self._prepare_steps(ref)
             except ClaimError as e:
-                log.warning("prepare %s failed: %s", _ref_text(ref), e)
+                log.warning("prepare %s failed: %s", _ref_text(ref), clip(str(e)))
                 return PrepareResult(error=str(e), error_kind=e.kind)
             except Exception as e:
                 log.exception("prepare %s: internal error", _ref_text(ref))
@@ -214,12 +327,44 @@ class ClaimPreparer:
         )
         return PrepareResult(devices=devices)
 
-    def _prepare_sync(self, ref: ClaimRef) -> tuple[PreparedDevice, ...]:
+    async def _prepare_steps(self, ref: ClaimRef) -> tuple[PreparedDevice, ...]:
+        """Checkpoint, API read, then the local work, each on its own threads.
+
+        The API read has threads of its own and is bounded by the caller's
+        deadline (CALL_DEADLINE), so a hung API server neither holds the
+        threads checkpoint hits and unprepares need nor outlives the kubelet's
+        patience: the kubelet gets a per-claim error instead.
+        """
+        loop = asyncio.get_running_loop()
+        cached = await loop.run_in_executor(self._pool, self._cached, ref)
+        if cached is not None:
+            return cached
+        deadline = CALL_DEADLINE.get()
+        fetch = loop.run_in_executor(self._api, self._fetch, ref)
+        if deadline is None:
+            claim = await fetch
+        else:
+            budget = deadline - time.monotonic()
+            try:
+                claim = await asyncio.wait_for(fetch, max(0.0, budget))
+            except TimeoutError:
+                raise ClaimError(
+                    f"reading ResourceClaim {ref.namespace}/{ref.name} from the API server did "
+                    f"not finish within the caller's deadline ({max(0.0, budget):.1f}s left); "
+                    "the API server is slow or unreachable, retry",
+                    ErrorKind.API_SERVER,
+                ) from None
+        return await loop.run_in_executor(self._pool, self._prepare_sync, ref, claim)
+
+    def _cached(self, ref: ClaimRef) -> tuple[PreparedDevice, ...] | None:
+        """The answer for a claim already prepared (its spec rewritten if missing), or None."""
         rec = self._store.get(ref.uid)
         if rec is not None and rec.state is ClaimState.PREPARED and not rec.rebuilt:
             ensure_spec(self._cdi, rec, self._inventory)
             return _answer(rec)
-        claim = self._fetch(ref)
+        return None
+
+    def _prepare_sync(self, ref: ClaimRef, claim: dict[str, Any]) -> tuple[PreparedDevice, ...]:
         plans = plan_claim(
             ref,
             claim,
@@ -347,11 +492,14 @@ class ClaimPreparer:
             if other.state is ClaimState.STARTED and not self._instances.is_alive(other.instance):
                 continue  # left by a dead instance; rolled back at the next start
             for d in other.devices:
-                if d.device_name in admin and not (admin[d.device_name] and d.admin_access):
+                # Kubernetes' semantics: a claim with admin access ignores ordinary
+                # claims on the device, whichever came first (a monitoring pod beside
+                # a workload); only two ordinary claims conflict.
+                if d.device_name in admin and not (admin[d.device_name] or d.admin_access):
                     raise ClaimError(
                         f"device {d.device_name} is already prepared for claim "
                         f"{other.namespace}/{other.name} ({other.uid}); a device is shared "
-                        "between claims only when both have admin access",
+                        "between claims only when one of them has admin access",
                         ErrorKind.DEVICE_UNAVAILABLE,
                     )
         claims[record.uid] = record
@@ -368,20 +516,30 @@ class ClaimPreparer:
         return None, True
 
     def _roll_back(self, uid: str) -> None:
-        """Undo a failed prepare: delete its spec, drop our started entry. Never raises."""
+        """Undo a failed prepare: delete its spec, drop our started entry. Never raises.
+
+        The record is dropped even when the spec cannot be removed (a read-only
+        CDI root): a spec nobody was told about is an orphan, swept later, while
+        a live started record would refuse the device to every other claim.
+        """
         try:
             self._cdi.remove(uid)
-
-            def drop(claims: dict[str, ClaimRecord]) -> tuple[None, bool]:
-                cur = claims.get(uid)
-                if cur is not None and cur.state is ClaimState.STARTED:
-                    del claims[uid]
-                    return None, True
-                return None, False
-
-            self._store.update(drop)
+        except Exception as e:
+            log.warning(
+                "rolling back claim %s: cannot remove its CDI spec (%s); dropping its record "
+                "anyway, the spec is swept in the background",
+                uid,
+                e,
+            )
+            self._schedule_repair(sweep=True)
+        try:
+            self._store.update(lambda claims: self._drop_started(claims, {uid}))
         except Exception:
-            log.exception("rolling back claim %s failed; the next start will finish it", uid)
+            log.exception(
+                "rolling back claim %s: cannot drop its started record; retrying in the background",
+                uid,
+            )
+            self._schedule_repair(drop=uid)
 
     # --- unprepare -----------------------------------------------------------------------
 
@@ -391,7 +549,7 @@ class ClaimPreparer:
         return {r.uid: res for r, res in zip(refs, results, strict=True)}
 
     async def _unprepare_one(self, ref: ClaimRef) -> UnprepareResult:
-        if not CLAIM_UID_RE.match(ref.uid):
+        if not CLAIM_UID_RE.fullmatch(ref.uid):
             return UnprepareResult()  # never prepared here: we refuse such UIDs
         async with self._claim_lock(ref.uid):
             try:

@@ -33,11 +33,21 @@ def recover(store: CheckpointStore, cdi: CdiSpecs, instances: InstanceRegistry) 
         rolled = []
         for uid, rec in list(claims.items()):
             if rec.state is ClaimState.STARTED and not instances.is_alive(rec.instance):
-                if CLAIM_UID_RE.match(uid):
-                    cdi.remove(uid)
+                if CLAIM_UID_RE.fullmatch(uid):
+                    try:
+                        cdi.remove(uid)
+                    except OSError as e:  # e.g. EROFS: the spec is an orphan for the sweep
+                        log.warning("rolling back claim %s: cannot remove its spec: %s", uid, e)
                 del claims[uid]
                 rolled.append(uid)
-        swept = cdi.sweep(claims, instances.is_alive)
+        try:
+            swept = cdi.sweep(claims, instances.is_alive)
+        except OSError as e:
+            # A read-only or failing CDI root must not crash-loop the plugin: unprepares
+            # that need no write still work, and the sweep is retried in the background.
+            report.sweep_failed = f"{type(e).__name__}: {e}"
+            log.warning("sweeping orphaned CDI specs failed: %s; retrying later", e)
+            swept = []
         return (rolled, swept), bool(rolled)
 
     rolled, swept = store.update(roll_back)
@@ -130,3 +140,12 @@ def ensure_spec(cdi: CdiSpecs, rec: ClaimRecord, inventory: Callable[[], Invento
             f"CDI spec of this prepared claim is missing and: {e}",
             ErrorKind.CDI_OR_CHECKPOINT,
         ) from e
+
+
+def sweep(store: CheckpointStore, cdi: CdiSpecs, instances: InstanceRegistry) -> list[str]:
+    """Remove orphaned CDI specs under the checkpoint lock; raises OSError if it cannot."""
+
+    def run(claims: dict[str, ClaimRecord]) -> tuple[list[str], bool]:
+        return cdi.sweep(claims, instances.is_alive), False
+
+    return store.update(run)

@@ -8,9 +8,15 @@ without gRPC.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+# time.monotonic() by which the caller (the kubelet) needs its answer, or None.
+# Set by the servicer for the preparer's tasks, so a preparer can bound its waits
+# on the API server and answer with a per-claim error instead of DEADLINE_EXCEEDED.
+CALL_DEADLINE: ContextVar[float | None] = ContextVar("CALL_DEADLINE", default=None)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class ErrorKind(StrEnum):
     CONFIG = "config"  # opaque configuration invalid or asking for what this driver cannot do
     NVML = "nvml"  # an NVML setting the configuration asks for failed
     CDI_OR_CHECKPOINT = "cdi_or_checkpoint"  # writing or removing the CDI spec or checkpoint
+    BUSY = "busy"  # no capacity, or an earlier attempt still running, before the deadline
     INTERNAL = "internal"  # anything else: a bug or an unexpected failure
 
 
@@ -74,3 +81,16 @@ class Preparer(Protocol):
     async def prepare(self, claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]: ...
 
     async def unprepare(self, claims: Sequence[ClaimRef]) -> dict[str, UnprepareResult]: ...
+
+
+@runtime_checkable
+class AnswersFromCheckpoint(Protocol):
+    """A preparer that can answer already-prepared claims at once.
+
+    Such answers need neither the API server nor capacity shared with slow
+    work, so the servicer asks for them before queueing the rest.
+    """
+
+    async def prepared(self, claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
+        """Answers for the claims that are prepared already; others are left out."""
+        ...

@@ -170,6 +170,11 @@ def _partitionable_gpu(
     consumes all of it, so it excludes every MIG device and vice versa; each
     abstract MIG device is one (profile, placement) and consumes its profile's
     engines and memory plus exactly the memory slices of its placement.
+
+    Until dynamic MIG exists, only devices prepare can serve are published:
+    the full GPU when it is one (not in MIG mode), and the (profile,
+    placement) devices the GPU already has. The counters stay complete, so
+    adding dynamic MIG later changes which devices appear, not the accounting.
     """
     set_name = counter_set_name(gpu)
     totals: dict[str, int] = {}
@@ -184,8 +189,9 @@ def _partitionable_gpu(
     counter_set = {"name": set_name, "counters": _counters(totals)}
     devices = []
     attrs, memory = _full_gpu_device(gpu, inventory)
-    # Ampere cannot leave MIG mode without a GPU reset, so in MIG mode it has no full GPU.
-    if not (gpu.mig_enabled and attrs.get("architecture") == "Ampere"):
+    # A GPU in MIG mode has no full-GPU device in the inventory, so prepare cannot hand
+    # it out (and Ampere cannot even leave MIG mode without a GPU reset).
+    if inventory.device(gpu.name) is not None:
         devices.append(
             _device_json(
                 gpu.name,
@@ -198,6 +204,8 @@ def _partitionable_gpu(
     for p in gpu.mig_profiles:
         for start, size in p.placements:
             name = mig_device_name(gpu.minor, p.name, p.profile_id, start)
+            if inventory.device(name) is None:
+                continue  # would need creating a MIG device: dynamic MIG, not yet
             mig_attrs: dict[str, AttributeValue] = {
                 "type": DeviceType.MIG.value,
                 "parentUUID": gpu.uuid,

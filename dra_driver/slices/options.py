@@ -38,3 +38,7 @@ class PublisherConfig:
     request_timeout: float = 10.0
     watch_timeout: int = 300  # seconds a watch runs before the server ends it
     taint_policy: TaintPolicy = TaintPolicy()
+    # Relist and compare this often (jittered by +-20%; 0: never): a server that lost
+    # its state (an etcd restore) sends no DELETED events, and the watch cache would
+    # keep believing in slices that are gone.
+    resync_interval: float = 300.0

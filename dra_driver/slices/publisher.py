@@ -62,6 +62,7 @@ class PublisherStats:
     rejected: int = 0  # 422s (each one is a validation bug)
     errors: int = 0  # failed API calls that were retried with backoff
     relists: int = 0
+    resyncs: int = 0  # periodic relist-and-compare passes
     watch_restarts: int = 0
 
 
@@ -172,11 +173,13 @@ class SlicePublisher:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         watcher = asyncio.create_task(self._watch_loop(), name="slice-watch")
+        resync = asyncio.create_task(self._resync_loop(), name="slice-resync")
         try:
             await self._reconcile_loop()
         finally:
             watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            resync.cancel()
+            await asyncio.gather(watcher, resync, return_exceptions=True)
             self._watch_executor.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -459,8 +462,25 @@ class SlicePublisher:
         self._cache.replace(items, rv)
         self._need_relist = False
 
+    async def _resync_loop(self) -> None:
+        """Every resync_interval (jittered), relist and compare: repairs lost state."""
+        interval = self._config.resync_interval
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(random.uniform(0.8, 1.2) * interval)
+            self.stats.resyncs += 1
+            self._need_relist = True
+            self._poke()
+
     async def _watch_loop(self) -> None:
-        """List, then watch from the list's resourceVersion; re-list on 410 Gone."""
+        """List, then watch from the list's resourceVersion.
+
+        A plain disconnect (connection refused or reset, a timeout) resumes the
+        watch where it was; anything else (410 Gone, another HTTP error, an
+        ERROR event, a bug) lists again first, since the server may no longer
+        have what the cache holds.
+        """
         loop = asyncio.get_running_loop()
         rv = ""
         while True:
@@ -488,13 +508,14 @@ class SlicePublisher:
                 finally:
                     stream.close()
             except ApiError as e:
+                rv = ""
                 if e.status == 410:
-                    rv = ""
                     continue
                 await self._watch_failed(str(e))
             except (_Transient, ApiUnreachable) as e:
                 await self._watch_failed(str(e))
             except Exception as e:
+                rv = ""
                 log.exception("BUG: watching ResourceSlices failed unexpectedly")
                 await self._watch_failed(f"unexpected {type(e).__name__}: {e}")
 
@@ -508,9 +529,13 @@ class SlicePublisher:
             kind = event.get("type")
             obj = event.get("object") or {}
             if kind == "ERROR":
-                if obj.get("code") == 410:
-                    return ""
-                raise _Transient(f"watch error: {obj.get('message')}")
+                if obj.get("code") != 410:
+                    log.warning(
+                        "the ResourceSlice watch ended with an error (%s %s); listing again",
+                        obj.get("code"),
+                        obj.get("message"),
+                    )
+                return ""  # list again: the server may have lost what the cache holds
             rv = rv_of(obj) or rv
             if kind == "BOOKMARK":
                 continue

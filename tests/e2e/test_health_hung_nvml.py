@@ -241,3 +241,74 @@ async def test_sigterm_exits_within_the_grace_with_a_call_hung(node: Node) -> No
     took = time.monotonic() - t0
     assert took < GRACE + 0.5, (took, node.plugin.log_text()[-2000:])
     assert rc == 0
+
+
+async def test_a_565_driver_classifies_by_its_recovery_action_and_clears_on_none(
+    plugin_factory: PluginFactory, api: ApiServerDouble, tmp_path: Path
+) -> None:
+    """On a driver with NVML recovery actions, "none" again ends the condition: no hold."""
+    import json
+
+    from dra_driver.testing.fakenvml import topology_path
+
+    raw = json.loads(topology_path("small").read_text())
+    raw.update(name="small-r565", driver_version="565.57.01")
+    topo = tmp_path / "small-r565.json"
+    topo.write_text(json.dumps(raw))
+    root = Path(tempfile.mkdtemp(prefix="dra-e2e-r565-", dir="/tmp"))
+    try:
+        plugin = plugin_factory(
+            [
+                f"--kubeconfig={api.kubeconfig_path(root)}",
+                f"--health-poll-interval={POLL}",
+                "--health-hold=600",  # a hold would outlast the test: only NVML can clear it
+            ],
+            topology=str(topo),
+            root=root,
+        )
+        faults = FaultInjector(load_topology(str(topo)), default_fault_log(topo.stem, plugin.env))
+        async with DraClient(plugin.dra_socket) as c:
+            watch = Watch(c.watch_health("v1"))
+            await watch.until(all_healthy, 5, "a healthy start")
+            faults.xid(1, 94, action=1)  # the catalogue says "none"; the driver asks for a reset
+            await watch.until(
+                lambda h: h["gpu-1"][0] == health_pb.UNHEALTHY and "GPU reset" in h["gpu-1"][1],
+                3,
+                "XID 94 that needs a GPU reset",
+            )
+
+            def recovery_taint() -> set[str]:
+                return {
+                    t.get("value", "")
+                    for s in api.slices(driver=DRIVER_NAME, node=NODE_NAME)
+                    for d in s["spec"]["devices"]
+                    if d["name"] == "gpu-1"
+                    for t in d.get("taints") or []
+                    if t["key"] == f"{DRIVER_NAME}/recovery"
+                }
+
+            wait_until(lambda: recovery_taint() == {"gpu-reset"}, 5, "the recovery taint")
+            t0 = time.monotonic()
+            faults.recovery_action(1, 0)  # the reset is done
+            await watch.until(lambda h: h["gpu-1"][0] == health_pb.HEALTHY, 3, "cleared on none")
+            assert time.monotonic() - t0 < 2  # a sample away, not the 600 s hold
+            wait_until(lambda: recovery_taint() == set(), 5, "the taint removed")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_hung_event_wait_makes_every_device_unknown_and_sigterm_still_ends_it(
+    node: Node, client: DraClient
+) -> None:
+    watch = Watch(client.watch_health("v1"))
+    await watch.until(all_healthy, 5, "a healthy start")
+    node.faults.hang(fn="nvmlEventSetWait_v2")
+    # The wait in flight returns within its 0.5 s timeout; the next one hangs, and
+    # the watchdog notices once the wait timeout plus the deadline have passed.
+    await watch.until(
+        lambda h: all(s == health_pb.UNKNOWN for s, _, _ in h.values()), 5, "every device Unknown"
+    )
+    assert all("health checks stalled" in m for _, m, _ in watch.last.values())
+    t0 = time.monotonic()
+    rc = node.plugin.stop(signal.SIGTERM, timeout=GRACE + 5)
+    assert time.monotonic() - t0 < GRACE + 0.5 and rc == 0

@@ -216,11 +216,12 @@ async def test_prepare_and_unprepare_many_kinds_of_claims(node: Node) -> None:
         assert gpu1 is not None
         assert checkpoint[single.uid].actions == ({"gpuUuid": gpu1.uuid, "computeMode": 0},)
 
-        # A non-admin claim on a device two admin claims hold is refused.
-        intruder = node.claim({"request": "gpu", "device": MIG_B})
+        # A second ordinary claim on a device an ordinary claim holds is refused
+        # (admin claims, above, share a device with anyone).
+        intruder = node.claim({"request": "gpu", "device": MIG_A})
         refused = await dra.prepare([intruder])
         assert (
-            "device gpu-0-mig-1g10gb-19-3 is already prepared" in refused.claims[intruder.uid].error
+            "device gpu-0-mig-1g10gb-19-2 is already prepared" in refused.claims[intruder.uid].error
         )
 
         # Repeating the call answers identically, without the API server.

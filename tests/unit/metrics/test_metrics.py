@@ -300,7 +300,9 @@ class FakeMonitor:
 
 
 def test_nvml_events_and_xids_per_gpu(metrics: Metrics, inv: Inventory) -> None:
-    stats = MonitorStats(polls=7, poll_errors=2, wait_errors=1, unmonitored_gpus=1)
+    stats = MonitorStats(
+        polls=7, poll_errors=2, wait_errors=1, unmonitored_gpus=1, deadline_misses=3, late_answers=2
+    )
     stats.events_by_gpu.update({("gpu-1", "xid"): 3, ("gpu-1", "lost"): 1, ("unknown", "sbe"): 1})
     stats.xids_by_gpu.update({("gpu-1", 79): 2, ("gpu-1", 48): 1, ("gpu-0", 10**6): 4})
     metrics.watch(inventory=inv, monitor=FakeMonitor(stats))
@@ -321,6 +323,8 @@ def test_nvml_events_and_xids_per_gpu(metrics: Metrics, inv: Inventory) -> None:
     assert value(metrics, "dra_gpu_health_poll_errors_total") == 2
     assert value(metrics, "dra_gpu_nvml_event_wait_errors_total") == 1
     assert value(metrics, "dra_gpu_health_unmonitored_gpus") == 1
+    assert value(metrics, "dra_gpu_nvml_deadline_misses_total") == 3
+    assert value(metrics, "dra_gpu_nvml_late_answers_total") == 2
 
 
 def test_event_type_names_follow_the_policys_precedence() -> None:

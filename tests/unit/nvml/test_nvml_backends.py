@@ -34,6 +34,7 @@ from dra_driver.nvml import (
 )
 from dra_driver.nvml._common import GI_PROFILE_INDEX_COUNT, profile_name
 from dra_driver.nvml.errors import (
+    ERROR_FUNCTION_NOT_FOUND,
     ERROR_GPU_IS_LOST,
     ERROR_NOT_SUPPORTED,
     ERROR_UNKNOWN,
@@ -620,6 +621,10 @@ def test_missing_symbols_read_as_unsupported_not_a_failed_start(old_driver: str)
         assert samples == reference.health_sample()
         assert samples[0].rc == SUCCESS
         assert not samples[0].temperature_c.ok
+        # No nvmlDeviceGetFieldValues (pre-565 recovery action): "not supported", per GPU too.
+        assert "nvmlDeviceGetFieldValues" in fast.info.missing_symbols
+        assert samples[0].recovery_action.rc == ERROR_FUNCTION_NOT_FOUND
+        assert fast.health_sample_gpu(0) == reference.health_sample_gpu(0) == samples[0]
         for backend in opened:
             with pytest.raises(NvmlError) as info:
                 backend.register_events()

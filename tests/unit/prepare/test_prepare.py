@@ -284,9 +284,9 @@ async def test_api_errors_are_per_claim(node: Node) -> None:
 
 @pytest.mark.parametrize(
     ("first_admin", "second_admin", "shared"),
-    [(False, False, False), (True, False, False), (False, True, False), (True, True, True)],
+    [(False, False, False), (True, False, True), (False, True, True), (True, True, True)],
 )
-async def test_device_shared_only_when_both_admin(
+async def test_device_shared_unless_both_ordinary(
     node: Node, prep: ClaimPreparer, first_admin: bool, second_admin: bool, shared: bool
 ) -> None:
     a = put(node, 1, {"request": "gpu", "device": "gpu-0", "adminAccess": first_admin})
@@ -296,7 +296,7 @@ async def test_device_shared_only_when_both_admin(
     if shared:
         assert err == ""
         env = node.spec(b.uid)["devices"][0]["containerEdits"]["env"]
-        assert "NVIDIA_DRA_DEVICE_GPU_0_ADMIN_ACCESS=true" in env
+        assert ("NVIDIA_DRA_DEVICE_GPU_0_ADMIN_ACCESS=true" in env) is second_admin
     else:
         assert f"device gpu-0 is already prepared for claim default/claim-1 ({a.uid})" in err
         assert b.uid not in prep.checkpointed()
@@ -489,7 +489,7 @@ async def test_corrupt_checkpoint_is_rebuilt_from_cdi_specs(node: Node, caplog: 
     assert set(claims) == {a.uid, b.uid} and all(c.rebuilt for c in claims.values())
     assert claims[a.uid].devices[0].admin_access
     # Devices stay reserved, and the next prepare (API available) restores the full answer.
-    c = put(node, 3, {"request": "gpu", "device": "gpu-0"})
+    c = put(node, 3, {"request": "mig", "device": "gpu-3-mig-3g40gb-9-0"})
     assert "already prepared" in (await rebuilt.prepare([c]))[c.uid].error
     assert await rebuilt.prepare([a, b]) == first
     assert not any(r.rebuilt for r in rebuilt.checkpointed().values())

@@ -30,7 +30,8 @@ def test_defaults_follow_kubelet_layout(monkeypatch: pytest.MonkeyPatch) -> None
         "/var/lib/kubelet/plugins_registry/gpu.nvidia.com-reg.sock"
     )
     assert s.cdi_root == Path("/var/run/cdi")
-    assert s.state_path == s.plugin_dir
+    # Not the plugin directory itself: NVIDIA's driver keeps its checkpoint.json there.
+    assert s.state_path == Path("/var/lib/kubelet/plugins/gpu.nvidia.com/dra-driver-gpu")
 
 
 def test_env_then_flag_precedence(monkeypatch: pytest.MonkeyPatch) -> None:

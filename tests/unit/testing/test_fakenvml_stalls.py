@@ -167,3 +167,31 @@ def test_bad_stall_records_are_refused_by_the_injector(node: fakenvml.FakeNode) 
         node.faults.hang(fn="not an nvml function")
     with pytest.raises(fakenvml.FakeNvmlError):
         node.faults.delay(0)
+
+
+def test_the_cli_injects_the_new_fault_kinds(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "cli.faults.jsonl"
+    env = {**os.environ, "FAKE_NVML_FAULTS": str(log)}
+
+    def inject(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dra_driver.testing.fakenvml", "inject", "--topology",
+             "small", *args],
+            env=env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+
+    assert inject("hang", "--gpu", "0", "--fn", TEMPERATURE).returncode == 0
+    assert inject("delay", "--ms", "20").returncode == 0
+    assert inject("recovery-action", "--gpu", "1", "--action", "4").returncode == 0
+    assert inject("xid", "--gpu", "1", "--xid", "79", "--action", "2").returncode == 0
+    assert inject("release", "--gpu", "0").returncode == 0
+    bad = inject("hang", "--fn", "rm -rf")
+    assert bad.returncode == 2 and "not an NVML function name" in bad.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["hang", "delay", "recovery_action", "xid", "release"]
+    assert records[0]["fn"] == TEMPERATURE and "gpu" not in records[1]
+    assert (records[2]["value"], records[3]["action"]) == (4, 2)

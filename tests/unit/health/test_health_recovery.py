@@ -276,3 +276,10 @@ def test_recovery_classes_rank_by_disruption() -> None:
     assert recovery.worst(["drain-p2p", "gpu-reset"]) == "drain-p2p"
     assert recovery.worst([]) == ""
     assert recovery.for_action(99) == "action-99"
+
+
+def test_any_answering_sample_ends_the_silence(policy: HealthPolicy, clock: Clock) -> None:
+    policy.set_unresponsive(U0, clock.now, "nvmlDeviceSetComputeMode")
+    assert policy.verdict("gpu-0").health is Health.UNKNOWN
+    out = policy.on_samples([sample(0), sample(1)], clock.now + 1)
+    assert set(GPU0) <= out.changed and policy.verdict("gpu-0").health is Health.HEALTHY
