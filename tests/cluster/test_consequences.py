@@ -4,7 +4,8 @@ The plugin runs with --health-evict=xid-79,gpu-lost. deploy/examples' manifests
 are applied as users apply them (image and command swapped for the tier's local
 busybox), then:
 
-- an XID 79 on the Deployment's GPU taints it NoExecute; kube-controller-manager's
+- the Deployment's GPU falls off the bus (the fake's "lost": XID 79, then
+  GPU_IS_LOST until recovered) and is tainted NoExecute; kube-controller-manager's
   device taint eviction controller deletes the pod with DisruptionTarget /
   DeletionByDeviceTaintManager; the replacement runs on a healthy device; the
   claim's status.devices shows Healthy turning False (what `kubectl get
@@ -35,12 +36,14 @@ EVICT = "--health-evict=xid-79,gpu-lost"
 def evicting(clusters: Clusters) -> Any:
     cluster = clusters.get(PRIMARY_VERSION)
     base = list(cluster.plugin_flags)
+    cluster.stop_plugin()  # hack/cluster/plugin leaves a running plugin alone
     cluster.start_plugin(*base, EVICT)
     cluster.wait_slices()
     try:
         yield cluster
     finally:
         cluster.inject("recover")
+        cluster.stop_plugin()
         cluster.start_plugin(*base)
         cluster.wait_slices()
 
@@ -149,7 +152,7 @@ def test_xid_79_evicts_the_deployment_pod_and_it_runs_elsewhere(evicting: Cluste
         )
 
         t0 = time.monotonic()
-        cluster.inject("xid", "--gpu", str(gpu_index(cluster, device)), "--xid", "79")
+        cluster.inject("lost", "--gpu", str(gpu_index(cluster, device)))  # XID 79, then lost
         wait_for(
             f"{device} tainted NoExecute",
             lambda: taint_effect(cluster, device, f"{DRIVER}/xid") == "NoExecute",
@@ -183,13 +186,15 @@ def test_xid_79_evicts_the_deployment_pod_and_it_runs_elsewhere(evicting: Cluste
         )
         untainted = time.monotonic() - t1
         # Allocatable again: a claim asking for exactly that device is satisfied.
+        uuid = cluster.devices()[device]["attributes"]["uuid"]["string"]
+        same = f"device.attributes['{DRIVER}'].uuid == '{uuid}'"
         pinned = {
             "apiVersion": "resource.k8s.io/v1",
             "kind": "ResourceClaim",
             "metadata": {"name": "pinned", "namespace": ns},
             "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
                 "deviceClassName": "gpu.nvidia.com",
-                "selectors": [{"cel": {"expression": f"device.name == '{device}'"}}],
+                "selectors": [{"cel": {"expression": same}}],
             }}]}},
         }  # fmt: skip
         image = cluster.env.get("TEST_IMAGE", "docker.io/dra-driver-gpu/busybox:test")
@@ -217,8 +222,9 @@ def test_xid_79_evicts_the_deployment_pod_and_it_runs_elsewhere(evicting: Cluste
             0.2,
         )
         SUMMARY.append(
-            f"eviction: XID 79 on {device} -> NoExecute taint {tainted:.2f}s, pod evicted "
-            f"(DisruptionTarget {condition.get('reason', 'pod already gone')}) {evict_s:.2f}s, "
+            f"eviction: XID 79 + GPU lost on {device} -> NoExecute taint {tainted:.2f}s, pod "
+            f"evicted (DisruptionTarget {condition.get('reason', 'pod already gone')}) "
+            f"{evict_s:.2f}s, "
             f"replacement Running on {new_device} {moved:.1f}s; claim Healthy condition then "
             f"{seen.get('status')}/{seen.get('reason')}; recovered: untainted {untainted:.1f}s "
             "after recover, device allocatable again"
@@ -240,7 +246,7 @@ def test_the_job_retries_elsewhere_without_counting_the_eviction(evicting: Clust
         (device,) = cluster.pod_devices(first)["train"]
 
         t0 = time.monotonic()
-        cluster.inject("xid", "--gpu", str(gpu_index(cluster, device)), "--xid", "79")
+        cluster.inject("lost", "--gpu", str(gpu_index(cluster, device)))  # XID 79, then lost
         wait_for(
             "the Job's pod evicted",
             lambda: evicted(cluster, ns, first.metadata.name) is not None,
@@ -256,7 +262,7 @@ def test_the_job_retries_elsewhere_without_counting_the_eviction(evicting: Clust
         assert not status.get("failed"), status
         assert not [c for c in status.get("conditions") or [] if c["type"] == "Failed"], status
         SUMMARY.append(
-            f"job: XID 79 on {device} -> pod evicted, retried on {new_device} in "
+            f"job: XID 79 + GPU lost on {device} -> pod evicted, retried on {new_device} in "
             f"{retried:.1f}s; failed count {status.get('failed', 0)} (podFailurePolicy Ignore)"
         )
     finally:
