@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from ..inventory import Gpu, Inventory
+from ..inventory import Device, Gpu, Inventory
 from ..nvml.deadline import DEFAULT_DEADLINE, GpuWorkers
 from ..nvml.errors import ERROR_GPU_IS_LOST, SUCCESS, NvmlError, NvmlGpuLostError
 from ..nvml.types import (
@@ -286,6 +286,25 @@ class HealthMonitor:
                 )
         if self._own_workers:
             self.workers.shutdown()
+
+    def mig_created(self, device: Device) -> None:
+        """Follow a MIG device created at prepare (dynamic MIG): Healthy, and its events hit it."""
+        if device.mig is None or device.parent_uuid is None:
+            return
+        with self._lock:
+            self.policy.add_mig(
+                device.parent_uuid,
+                device.name,
+                device.mig.gpu_instance_id,
+                device.mig.compute_instance_id,
+            )
+            self._board.add_device(device.name)
+
+    def mig_destroyed(self, device_name: str, gpu_uuid: str) -> None:
+        """Follow a MIG device destroyed at unprepare: it leaves the policy and the board."""
+        with self._lock:
+            self.policy.remove_mig(gpu_uuid, device_name)
+            self._board.remove_device(device_name)
 
     def conditions(self, device: str) -> list[Condition]:
         """A device's active conditions (consistent: taken under the writers' lock)."""
