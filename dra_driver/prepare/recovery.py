@@ -124,7 +124,8 @@ def rebuild_from_cdi(
                 rebuilt=True,
                 updated=time.time(),
             )
-    log.warning("rebuilt %d claim(s) from CDI specs: %s", len(out), sorted(out))
+    if out:
+        log.warning("rebuilt %d claim(s) from CDI specs: %s", len(out), sorted(out))
     return out
 
 
