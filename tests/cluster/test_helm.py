@@ -58,7 +58,7 @@ def image_archive() -> tuple[str, Path]:
     archive = REPO / "build" / "image" / f"dra-driver-gpu-{__version__}.tar"
     if not archive.is_file():
         if shutil.which("debootstrap") is None:
-            pytest.skip("helm tier: hack/image/build needs debootstrap (apt-get install debootstrap)")
+            pytest.skip("helm tier: hack/image/build needs debootstrap (apt-get install it)")
         t0 = time.monotonic()
         proc = _run([str(REPO / "hack" / "image" / "build")], timeout=1200)
         if proc.returncode != 0:
