@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, memory
 from .health.board import HealthBoard
 from .inventory import Inventory, build_inventory
 from .kubelet.plugin import KubeletPlugin
@@ -63,6 +63,7 @@ def run(settings: Settings) -> int:
         for p in problems:
             log.error("%s; shorten --plugins-dir/--registry-dir or the driver name", p)
         return EXIT_USAGE
+    memory.limit_arenas()  # before any thread starts
     return asyncio.run(App(settings).main())
 
 
@@ -128,6 +129,7 @@ class App:
                 await asyncio.to_thread(claim_path, path)
             except (SocketPathError, SocketInUseError) as e:
                 raise StartupError(str(e)) from e
+        self._spawn(memory.trim_periodically(), "malloc-trim")
         if s.metrics_address:
             self.metrics = await asyncio.to_thread(self._serve_metrics)
 
