@@ -30,7 +30,16 @@ fake_nvml = Extension(
     extra_link_args=["-Wl,-soname,libnvidia-ml.so.1", "-lpthread"],
 )
 
+records = Extension(
+    # The CPython-API half of the fast path: change detection over, and record
+    # building from, the fp_inventory_t that the cffi module fills.
+    "dra_driver.nvml._records",
+    sources=["native/fastpath/records.c"],
+    include_dirs=[include_dir(), "native/fastpath"],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+)
+
 setup(
-    ext_modules=[fake_nvml],
+    ext_modules=[fake_nvml, records],
     cffi_modules=["native/build_fastpath.py:ffibuilder"],
 )

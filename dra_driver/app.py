@@ -5,10 +5,20 @@ Start order (each step needs the previous one):
   NVML opened and read (worker thread) -> inventory ->
   health board -> health monitor (events registered; when --health) ->
   API client (optional) -> preparer (checkpoint loaded) ->
-  slice publisher (background) -> DRA socket -> registration socket.
+  slice publisher, claim status writer (background) -> DRA socket ->
+  registration socket.
+Files: umask 077 from the start; the plugin directory and the state directory
+are 0700, sockets 0600 (whoever can connect can unprepare claims), CDI specs
+0644 (runtimes read them) in a CDI root created 0755 if missing.
 A failure before the sockets exist exits non-zero with one clear message:
 a plugin without NVML, or without its sockets, must not look alive to the
-kubelet. SIGTERM/SIGINT at any point leads to an orderly exit with code 0.
+kubelet. SIGTERM/SIGINT at any point leads to an orderly exit with code 0,
+within the shutdown grace period even when an NVML call is hung in C (it
+cannot be interrupted): past the grace the process exits regardless.
+
+Every per-GPU NVML job (health samples, compute mode for claims) runs on that
+GPU's worker thread with a deadline (nvml.deadline), shared by the monitor and
+the preparer, so a wedged GPU stalls neither other GPUs nor any caller.
 """
 
 from __future__ import annotations
@@ -16,13 +26,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__, memory
-from .health.board import HealthBoard
+from .health.board import Health, HealthBoard
+from .heartbeat import FILE_NAME as HEARTBEAT_FILE
+from .heartbeat import Heartbeat
 from .inventory import Inventory, build_inventory
 from .kubelet.plugin import KubeletPlugin
 from .kubelet.sockets import (
@@ -38,10 +54,13 @@ from .sysfs import pcie_root_resolver
 if TYPE_CHECKING:  # heavy imports stay lazy: they cost startup time and memory
     from kubernetes.client import ApiClient
 
+    from .claimstatus.writer import ClaimStatusWriter
     from .health.monitor import HealthMonitor
     from .metrics import Metrics, MetricsServer
+    from .nvml.deadline import GpuWorkers, GuardedNvml
     from .nvml.types import NvmlBackend
     from .prepare.preparer import ClaimPreparer
+    from .rescan import Rescanner
     from .slices.publisher import SlicePublisher
 
 log = logging.getLogger(__name__)
@@ -55,8 +74,14 @@ class StartupError(RuntimeError):
     """A start step failed in a way the operator must fix; the message says how."""
 
 
+PRIVATE_DIR_MODE = 0o700
+CDI_ROOT_MODE = 0o755
+
+
 def run(settings: Settings) -> int:
     """Run the plugin until SIGTERM/SIGINT; returns the process exit code."""
+    # Nothing this process creates is for other users unless it says so explicitly.
+    os.umask(0o077)
     log.info("dra-driver %s starting on node %s", __version__, settings.node_name)
     problems = socket_path_problems(settings.dra_socket, settings.registration_socket)
     if problems:
@@ -64,7 +89,43 @@ def run(settings: Settings) -> int:
             log.error("%s; shorten --plugins-dir/--registry-dir or the driver name", p)
         return EXIT_USAGE
     memory.limit_arenas()  # before any thread starts
-    return asyncio.run(App(settings).main())
+    app = App(settings)
+    code = asyncio.run(app.main())
+    if app.nvml_calls_in_flight():
+        # A call still inside NVML would block interpreter teardown (or return
+        # into a half-finalised interpreter): leave now, the log is flushed.
+        log.warning("exiting with an NVML call still running (hung GPU)")
+        _flush_and_exit(code)
+    return code
+
+
+def _flush_and_exit(code: int) -> None:
+    logging.shutdown()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def prepare_directories(s: Settings) -> None:
+    """Create the directories the plugin writes, with their modes (see the module doc).
+
+    The plugin and state directories are ours and get 0700 even when they
+    existed; the CDI root and the kubelet's directories may be shared, so an
+    existing one keeps its mode.
+    """
+    for path in (s.plugin_dir, s.state_path):
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, PRIVATE_DIR_MODE)
+    _mkdir_with_mode(s.cdi_root, CDI_ROOT_MODE)
+
+
+def _mkdir_with_mode(path: Path, mode: int) -> None:
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)
 
 
 class App:
@@ -80,10 +141,25 @@ class App:
         self.preparer: ClaimPreparer | None = None
         self.monitor: HealthMonitor | None = None
         self.publisher: SlicePublisher | None = None
+        self.claim_status: ClaimStatusWriter | None = None
+        self.rescanner: Rescanner | None = None
+        self._vanished: set[str] = set()  # devices gone from NVML that claims still hold
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
+        self.workers: GpuWorkers | None = None
+        self.guarded: GuardedNvml | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        self._hard_exit: threading.Timer | None = None
+
+    def nvml_calls_in_flight(self) -> bool:
+        """Whether a per-GPU NVML job is still running (hung) right now."""
+        workers, inv = self.workers, self.inventory
+        if self.monitor is not None and self.monitor.event_thread_alive and self._stop.is_set():
+            return True  # stopped, yet still inside nvmlEventSetWait: a hung event path
+        if workers is None or inv is None:
+            return False
+        return any(workers.busy_since(g.uuid) is not None for g in inv.gpus)
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
@@ -121,9 +197,30 @@ class App:
             return
         log.info("%s received; shutting down", sig.name)
         self._stop.set()
+        self._arm_hard_exit()
+
+    def _arm_hard_exit(self) -> None:
+        """Past the grace period the process ends, whatever is still running."""
+        grace = self.settings.shutdown_grace
+
+        def expire() -> None:
+            log.error(
+                "shutdown did not finish within the %gs grace period%s; exiting now",
+                grace,
+                " (an NVML call is hung)" if self.nvml_calls_in_flight() else "",
+            )
+            _flush_and_exit(EXIT_OK)
+
+        self._hard_exit = threading.Timer(grace, expire)
+        self._hard_exit.daemon = True
+        self._hard_exit.start()
 
     async def _start(self) -> None:
         s = self.settings
+        try:
+            await asyncio.to_thread(prepare_directories, s)
+        except OSError as e:
+            raise StartupError(f"cannot create the plugin's directories: {e}") from e
         for path in (s.dra_socket, s.registration_socket):
             try:
                 await asyncio.to_thread(claim_path, path)
@@ -135,7 +232,21 @@ class App:
 
         backend, inventory = await asyncio.to_thread(self._open_nvml)
         self.backend, self.inventory = backend, inventory
-        self.board = HealthBoard(d.name for d in inventory.devices)
+        from .nvml.deadline import GpuWorkers, GuardedNvml
+
+        self.workers = GpuWorkers()
+        self.guarded = GuardedNvml(
+            backend,
+            self.workers,
+            s.health_nvml_deadline,
+            ((g.index, g.uuid) for g in inventory.gpus),
+        )
+        # Never healthy by default: a device is Unknown until a check says otherwise.
+        self.board = (
+            HealthBoard((d.name for d in inventory.devices), Health.UNKNOWN, "not checked yet")
+            if s.health
+            else HealthBoard(d.name for d in inventory.devices)
+        )
         for problem in inventory.problems:
             log.warning("inventory: %s", problem)
         if self.metrics is not None:
@@ -147,10 +258,18 @@ class App:
         preparer = await self._preparer(inventory)
         if self.api is not None:
             self._start_publisher(inventory)
+            if s.claim_device_status:
+                preparer = self._start_claim_status(preparer, inventory)
         if self.metrics is not None:
             self.metrics.watch(
-                monitor=self.monitor, preparer=self.preparer, publisher=self.publisher
+                monitor=self.monitor,
+                preparer=self.preparer,
+                publisher=self.publisher,
+                claim_status=self.claim_status,
             )
+
+        if s.rescan_interval > 0:
+            self._start_rescan()
 
         self.plugin = KubeletPlugin(s.plugin_config(), preparer, self.board, s.plugin_options())
         if self.metrics is not None:
@@ -159,6 +278,7 @@ class App:
             await self.plugin.start()
         except (SocketPathError, SocketInUseError, OSError) as e:
             raise StartupError(f"cannot serve the kubelet sockets: {e}") from e
+        self._start_heartbeat(backend, self.plugin)
         log.info(
             "started: version=%s driver=%s node=%s nvml=%s devices=%d api-server=%s health=%s "
             "dra-socket=%s registration-socket=%s",
@@ -172,6 +292,45 @@ class App:
             s.dra_socket,
             s.registration_socket,
         )
+
+    async def _close_nvml(self) -> None:
+        """Shut NVML down in a daemon thread, bounded: a hung call must not hold the exit."""
+        assert self.backend is not None
+        backend = self.backend
+        if self.nvml_calls_in_flight():
+            # Never shut NVML down under a live call (undefined on a real driver):
+            # the process exit releases it.
+            log.warning("NVML left initialised: a call on a hung GPU is still running")
+            if self.workers is not None:
+                self.workers.shutdown()
+            return
+        done = threading.Event()
+
+        def close() -> None:
+            try:
+                backend.close(timeout=1.0)
+            except Exception:
+                log.exception("closing NVML failed")
+            finally:
+                done.set()
+
+        threading.Thread(target=close, name="nvml-close", daemon=True).start()
+        until = time.monotonic() + 2.0
+        while not done.is_set() and time.monotonic() < until:
+            await asyncio.sleep(0.02)
+        if self.workers is not None:
+            self.workers.shutdown()
+
+    def _start_heartbeat(self, backend: NvmlBackend, plugin: KubeletPlugin) -> None:
+        """The file `dra-driver probe` reads: NVML's last answer and the registration."""
+        monitor = self.monitor
+        heartbeat = Heartbeat(
+            self.settings.state_path / HEARTBEAT_FILE,
+            sample=backend.health_sample,
+            polls=(lambda: monitor.counters().polls) if monitor is not None else None,
+            registered=plugin.registered.is_set,
+        )
+        self._spawn(heartbeat.run(), "heartbeat")
 
     def _serve_metrics(self) -> Metrics:
         """Bind the endpoint first, so a taken port fails the start before anything else runs."""
@@ -196,11 +355,11 @@ class App:
 
         s = self.settings
         try:
-            backend = open_backend(library=s.nvml_library, backend=s.nvml_backend)
+            backend = open_backend(library=s.resolved_nvml_library(), backend=s.nvml_backend)
         except Exception as e:
             raise StartupError(
-                f"cannot load NVML (library={s.nvml_library or 'libnvidia-ml.so.1'}, "
-                f"backend={s.nvml_backend}): {e}"
+                f"cannot load NVML (library={s.resolved_nvml_library() or 'libnvidia-ml.so.1'}, "
+                f"backend={s.nvml_backend}, driver root {s.driver_root}): {e}"
             ) from e
         try:
             snapshot = backend.inventory()
@@ -215,7 +374,9 @@ class App:
         """Events are registered before the sockets exist: no fault after "ready" is missed."""
         from .health.monitor import HealthMonitor
 
-        self.monitor = HealthMonitor(backend, inventory, board, self.settings.monitor_config())
+        self.monitor = HealthMonitor(
+            backend, inventory, board, self.settings.monitor_config(), workers=self.workers
+        )
         await self.monitor.start()
 
     def _api_client(self) -> ApiClient | None:
@@ -241,7 +402,7 @@ class App:
 
         source = ApiClaimSource(self.api) if self.api is not None else NoApiClaimSource()
         preparer = ClaimPreparer(
-            self.settings.preparer_config(), lambda: inventory, source, self.board, self.backend
+            self.settings.preparer_config(), self._inventory_now, source, self.board, self.guarded
         )
         self.preparer = preparer
         try:
@@ -261,16 +422,101 @@ class App:
         self.publisher = publisher
         publisher.set_desired(inventory, self.board.snapshot())
         self._spawn(publisher.run(), "slice-publisher")
-        self._spawn(self._feed_health(publisher, inventory, self.board), "slice-health-feed")
+        self._spawn(self._feed_health(publisher, self.board), "slice-health-feed")
 
-    async def _feed_health(
-        self, publisher: SlicePublisher, inventory: Inventory, board: HealthBoard
-    ) -> None:
+    def _start_claim_status(self, preparer: Preparer, inventory: Inventory) -> Preparer:
+        """Claims' status.devices follow prepares and health; the kubelet never waits on it."""
+        from .claimstatus.api import KubeClaimStatusApi
+        from .claimstatus.hook import StatusReportingPreparer
+        from .claimstatus.writer import ClaimStatusWriter
+
+        assert self.api is not None and self.preparer is not None
+        config = self.settings.claim_status_config()
+        api = KubeClaimStatusApi(self.api, config.field_manager, config.request_timeout)
+        writer = ClaimStatusWriter(config, api, self.board, self._inventory_now)
+        writer.adopt(self.preparer.checkpointed().values())
+        self.claim_status = writer
+        self._spawn(writer.run(), "claim-status")
+        return StatusReportingPreparer(preparer, writer)
+
+    async def _feed_health(self, publisher: SlicePublisher, board: HealthBoard) -> None:
         """Hand every health change to the publisher (device taints); it debounces writes."""
         version = board.version
         while True:
             version = await board.wait_changed(version)
-            publisher.set_desired(inventory, board.snapshot())
+            publisher.set_desired(self._inventory_now(), board.snapshot())
+
+    def _inventory_now(self) -> Inventory:
+        """The inventory as last read (re-enumeration replaces it)."""
+        assert self.inventory is not None
+        return self.inventory
+
+    # -- re-enumeration (rescan.py) ----------------------------------------------------
+
+    def _start_rescan(self) -> None:
+        from .rescan import Rescanner
+
+        s = self.settings
+        rescanner = Rescanner(
+            self._read_inventory,
+            self._inventory_now,
+            self._follow_inventory,
+            interval=s.rescan_interval,
+            deadline=max(s.health_nvml_deadline, 1.0) * 2,
+            tick=self._keep_vanished,
+        )
+        self.rescanner = rescanner
+        self._spawn(rescanner.run(), "inventory-rescan")
+
+    def _read_inventory(self) -> Inventory:
+        """(worker thread) Read NVML again; the raw backend: a lost GPU keeps its worker."""
+        assert self.backend is not None
+        snapshot = self.backend.inventory()
+        resolver = pcie_root_resolver(self.settings.sys_root)
+        return build_inventory(snapshot, self.backend.name, resolver, log_problems=False)
+
+    def _held_devices(self) -> set[str]:
+        if self.preparer is None:
+            return set()
+        return {d.device_name for rec in self.preparer.checkpointed().values() for d in rec.devices}
+
+    def _follow_inventory(self, inventory: Inventory) -> None:
+        """A re-read found other devices: board, monitor, slices and metrics follow."""
+        assert self.board is not None
+        self.inventory = inventory
+        names = {d.name for d in inventory.devices}
+        self._vanished = self._held_devices() - names
+        self.board.set_devices(
+            names | self._vanished, Health.UNKNOWN if self.settings.health else Health.HEALTHY
+        )
+        if self.monitor is not None:
+            self.monitor.follow(inventory)
+        self._mark_vanished()
+        if self.publisher is not None:
+            self.publisher.set_desired(inventory, self.board.snapshot())
+        if self.metrics is not None:
+            self.metrics.watch(inventory=inventory)
+
+    def _keep_vanished(self) -> None:
+        """Every rescan: a vanished device stays on the board while a claim holds it."""
+        assert self.board is not None and self.inventory is not None
+        names = {d.name for d in self.inventory.devices}
+        vanished = self._held_devices() - names
+        if vanished != self._vanished:
+            self._vanished = vanished
+            self.board.set_devices(names | vanished)
+            self._mark_vanished()
+        self.board.mark_checked(vanished)
+
+    def _mark_vanished(self) -> None:
+        from .health.board import DeviceHealth
+        from .rescan import MESSAGE_NOT_PRESENT, REASON_NOT_PRESENT
+
+        assert self.board is not None
+        self.board.update(
+            DeviceHealth(n, Health.UNHEALTHY, MESSAGE_NOT_PRESENT, REASON_NOT_PRESENT)
+            for n in sorted(self._vanished)
+        )
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         async def guarded() -> None:
@@ -300,7 +546,7 @@ class App:
         if self.preparer is not None:
             await self.preparer.close()
         if self.backend is not None:
-            await asyncio.to_thread(self.backend.close)
+            await self._close_nvml()
         if self.api is not None:
             with contextlib.suppress(Exception):
                 self.api.close()

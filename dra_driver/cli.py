@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "dra_driver.commands.slices",
     "dra_driver.commands.cleanup",
     "dra_driver.commands.run",
+    "dra_driver.commands.probe",
     "dra_driver.commands.demo",
 ]
 

@@ -274,6 +274,7 @@ def build_inventory(
     snapshot: NvmlSnapshot,
     backend: str = "",
     pcie_root_of: PcieRootResolver = _no_pcie_root,
+    log_problems: bool = True,  # False for re-reads: the caller reports what changed
 ) -> Inventory:
     """Turn one NVML snapshot into the devices this node publishes.
 
@@ -344,7 +345,7 @@ def build_inventory(
     if dupes:
         problems.append(f"duplicate device names dropped: {', '.join(dupes)}")
         devices = [d for d in devices if d.name not in dupes]
-    for p in problems:
+    for p in problems if log_problems else ():
         log.warning("inventory: %s", p)
     return Inventory(
         driver_version=snapshot.driver_version,

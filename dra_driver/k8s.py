@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Mapping
+from typing import Any
 
 from kubernetes import client, config
 
@@ -68,3 +71,16 @@ def _one_line(e: BaseException) -> str:
 def request_timeout(seconds: float = 10.0) -> tuple[float, float]:
     """(connect, read) timeout for one request through the generated client."""
     return (min(seconds, 5.0), seconds)
+
+
+def parse_server_version(doc: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(major, minor) of a /version answer; None when it says nothing usable.
+
+    Managed clusters write minors like "35+"; gitVersion ("v1.35.2-gke.1") is the fallback.
+    """
+    major = re.match(r"\d+", str(doc.get("major") or ""))
+    minor = re.match(r"\d+", str(doc.get("minor") or ""))
+    if major and minor:
+        return int(major.group()), int(minor.group())
+    git = re.match(r"v?(\d+)\.(\d+)", str(doc.get("gitVersion") or ""))
+    return (int(git.group(1)), int(git.group(2))) if git else None

@@ -114,6 +114,22 @@ class PreparerView(Protocol):
     def prepared_devices(self) -> Mapping[str, int]: ...
 
 
+class ClaimStatusCounters(Protocol):
+    """The part of claimstatus.writer.ClaimStatusStats reported."""
+
+    applies: int
+    removals: int
+    errors: int
+    rejected: int
+
+
+class ClaimStatusView(Protocol):
+    """What is read of the ClaimStatusWriter."""
+
+    @property
+    def stats(self) -> ClaimStatusCounters: ...
+
+
 class Metrics:
     """The registry and every series. Implements kubelet.dra.CallObserver.
 
@@ -180,6 +196,7 @@ class Metrics:
         self.monitor: MonitorView | None = None
         self.publisher: PublisherView | None = None
         self.preparer: PreparerView | None = None
+        self.claim_status: ClaimStatusView | None = None
         r.register(_StateCollector(self))
         if process_collectors:
             ProcessCollector(registry=r)
@@ -194,6 +211,7 @@ class Metrics:
         monitor: MonitorView | None = None,
         publisher: PublisherView | None = None,
         preparer: PreparerView | None = None,
+        claim_status: ClaimStatusView | None = None,
     ) -> None:
         """Report this state from now on (components come up one by one during startup)."""
         if inventory is not None:
@@ -206,6 +224,8 @@ class Metrics:
             self.publisher = publisher
         if preparer is not None:
             self.preparer = preparer
+        if claim_status is not None:
+            self.claim_status = claim_status
 
     # -- kubelet.dra.CallObserver --------------------------------------------------------
 
@@ -247,6 +267,7 @@ class _StateCollector(Collector):
             ("health monitor", self._monitor),
             ("slice publisher", self._publisher),
             ("checkpoint", self._prepared),
+            ("claim status writer", self._claim_status),
         )
         for name, section in sections:
             try:
@@ -350,6 +371,16 @@ class _StateCollector(Collector):
                 "GPUs whose NVML events could not be registered (health by polling only).",
                 value=stats.unmonitored_gpus,
             ),
+            CounterMetricFamily(
+                "dra_gpu_nvml_deadline_misses",
+                "Times a GPU's NVML call overran --health-nvml-deadline (the GPU read Unknown).",
+                value=stats.deadline_misses,
+            ),
+            CounterMetricFamily(
+                "dra_gpu_nvml_late_answers",
+                "Hung NVML calls that returned after all (the GPU answered again).",
+                value=stats.late_answers,
+            ),
         ]
 
     def _publisher(self) -> list[Metric]:
@@ -389,6 +420,32 @@ class _StateCollector(Collector):
                 "dra_resourceslice_converged",
                 "1 when the stored ResourceSlices equal the desired ones, else 0.",
                 value=1 if publisher.converged else 0,
+            ),
+        ]
+
+    def _claim_status(self) -> list[Metric]:
+        writer = self._m.claim_status
+        if writer is None:
+            return []
+        stats = writer.stats
+        writes = CounterMetricFamily(
+            "dra_claim_status_writes",
+            "Successful server-side applies of ResourceClaim status.devices, by what they did.",
+            labels=("op",),
+        )
+        writes.add_metric(("apply",), stats.applies)
+        writes.add_metric(("remove",), stats.removals)
+        return [
+            writes,
+            CounterMetricFamily(
+                "dra_claim_status_api_errors",
+                "Failed claim status writes (retried with backoff; never fail a prepare).",
+                value=stats.errors,
+            ),
+            CounterMetricFamily(
+                "dra_claim_status_rejected",
+                "Claim status writes the API server refused as invalid (422); each one is a bug.",
+                value=stats.rejected,
             ),
         ]
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .claimstatus.options import ClaimStatusConfig
 from .health.monitor import DEFAULT_POLL_INTERVAL, MonitorConfig
 from .health.policy import (
     DEFAULT_HOLD_SECONDS,
@@ -32,12 +33,17 @@ from .kubelet.options import (
     PluginConfig,
     PluginOptions,
 )
+from .nvml.deadline import DEFAULT_DEADLINE
 from .prepare.options import DEFAULT_CDI_ROOT, PreparerConfig
-from .slices.options import PublisherConfig
+from .slices.options import PublisherConfig, TaintPolicy
+from .slices.taints import EVICT_ALL, evict_word_problem
 
 DEFAULT_DRIVER = "gpu.nvidia.com"
 LOCAL_NODE_NAME = "localhost"  # the node name of a local try (--allow-default-node-name)
 _PLUGIN_DEFAULTS = PluginOptions()
+# Our state lives in a directory of its own inside the plugin directory: NVIDIA's driver
+# keeps its checkpoint.json, cp.lock and pu.lock directly in <plugins dir>/<driver>.
+STATE_SUBDIR = "dra-driver-gpu"
 
 
 class SettingsError(ValueError):
@@ -53,26 +59,35 @@ class Settings:
     plugins_dir: Path = DEFAULT_PLUGINS_DIR
     registry_dir: Path = DEFAULT_REGISTRY_DIR
     cdi_root: Path = DEFAULT_CDI_ROOT
-    state_dir: Path | None = None  # default: <plugins_dir>/<driver_name>
+    state_dir: Path | None = None  # default: <plugins_dir>/<driver_name>/dra-driver-gpu
     nvml_library: str | None = None  # default: libnvidia-ml.so.1 from the loader path
+    rescan_interval: float = 10.0  # re-read the inventory this often; 0: only at start
     nvml_backend: str = "auto"  # auto | cffi | nvidia-ml-py
     fake_nvml: str | None = None  # topology of the bundled fake NVML (demo/testing)
     kubeconfig: str | None = None
+    claim_device_status: bool = True
     dev_root: Path = Path("/")  # host root where /dev lives (tests use a temp tree)
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
-    driver_root: Path = Path("/")  # where the NVIDIA driver's files are on the host
+    driver_root: Path = Path("/")  # where this process reads the NVIDIA driver's files
     health: bool = True
     health_poll_interval: float = DEFAULT_POLL_INTERVAL
     health_hold: float = DEFAULT_HOLD_SECONDS
     health_ignored_xids: tuple[int, ...] = DEFAULT_IGNORED_XIDS
     health_temperature_threshold: int = DEFAULT_TEMPERATURE_THRESHOLD_C  # 0: off
+    health_evict: tuple[str, ...] = ()  # reasons/classes whose Unhealthy devices get NoExecute
+    health_degraded_taint: bool = True  # Degraded -> effect-None taint on 1.35+ servers
+    health_nvml_deadline: float = DEFAULT_DEADLINE  # a GPU's NVML job overrunning this: Unknown
     health_resend_interval: float = _PLUGIN_DEFAULTS.health_resend_interval
     registration_backoff: float = _PLUGIN_DEFAULTS.registration_backoff
     shutdown_grace: float = _PLUGIN_DEFAULTS.shutdown_grace
     log_level: str = "INFO"
     partitionable_devices: bool = False
     metrics_address: str = ""  # HOST:PORT serving Prometheus /metrics; empty: no endpoint
+    # The driver root as the host names it, for CDI specs (default: driver_root).
+    host_driver_root: Path | None = None
+    # The NVIDIA kernel driver's /proc directory (default: <proc_root>/driver/nvidia).
+    nvidia_proc_dir: Path | None = None
 
     @property
     def plugin_dir(self) -> Path:
@@ -88,7 +103,28 @@ class Settings:
 
     @property
     def state_path(self) -> Path:
-        return self.state_dir if self.state_dir is not None else self.plugin_dir
+        return self.state_dir if self.state_dir is not None else self.plugin_dir / STATE_SUBDIR
+
+    def resolved_nvml_library(self) -> str | None:
+        """--nvml-library, else libnvidia-ml.so.1 under a driver root mounted elsewhere.
+
+        None: the dynamic loader's own search (the driver root is "/").
+        """
+        if self.nvml_library:
+            return self.nvml_library
+        from .hostpaths import nvml_library_under
+
+        return nvml_library_under(self.driver_root)
+
+    @property
+    def host_driver_root_path(self) -> Path:
+        return self.host_driver_root if self.host_driver_root is not None else self.driver_root
+
+    @property
+    def nvidia_proc_path(self) -> Path:
+        if self.nvidia_proc_dir is not None:
+            return self.nvidia_proc_dir
+        return self.proc_root / "driver/nvidia"
 
     def plugin_config(self) -> PluginConfig:
         return PluginConfig(
@@ -110,6 +146,7 @@ class Settings:
     def monitor_config(self) -> MonitorConfig:
         return MonitorConfig(
             poll_interval=self.health_poll_interval,
+            deadline=self.health_nvml_deadline,
             policy=PolicyConfig(
                 hold_seconds=self.health_hold,
                 ignored_xids=frozenset(self.health_ignored_xids),
@@ -122,7 +159,14 @@ class Settings:
             driver_name=self.driver_name,
             node_name=self.node_name,
             partitionable_devices=self.partitionable_devices,
+            taint_policy=TaintPolicy(
+                evict=frozenset(self.health_evict),
+                informational_degraded=self.health_degraded_taint,
+            ),
         )
+
+    def claim_status_config(self) -> ClaimStatusConfig:
+        return ClaimStatusConfig(driver_name=self.driver_name, pool_name=self.node_name)
 
     def preparer_config(self) -> PreparerConfig:
         return PreparerConfig(
@@ -133,6 +177,8 @@ class Settings:
             dev_root=self.dev_root,
             proc_root=self.proc_root,
             driver_root=self.driver_root,
+            host_driver_root=self.host_driver_root_path,
+            nvidia_proc_dir=self.nvidia_proc_path,
         )
 
 
@@ -191,6 +237,18 @@ def xid_list(text: str) -> tuple[int, ...]:
     return tuple(xids)
 
 
+def evict_list(text: str) -> tuple[str, ...]:
+    """Comma-separated reasons or recovery classes; empty or "none" evicts for none."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    words = sorted({w.strip().lower() for w in text.split(",") if w.strip()})
+    for word in words:
+        problem = evict_word_problem(word)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+    return tuple(words)
+
+
 def celsius(text: str) -> int:
     try:
         value = int(text)
@@ -230,13 +288,20 @@ def _text(text: str) -> str:
 
 
 def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
     return Path(text)
+
+
+def _optional_path(text: str) -> Path | None:
+    """A path whose empty value means unset (the flag's documented default)."""
+    return Path(text) if text.strip() else None
 
 
 # --- the table ---------------------------------------------------------------------------
 
-RUN, INVENTORY, SLICES, CLEANUP = "run", "inventory", "slices", "cleanup"
-_ALL = frozenset({RUN, INVENTORY, SLICES, CLEANUP})
+RUN, INVENTORY, SLICES, CLEANUP, PROBE = "run", "inventory", "slices", "cleanup", "probe"
+_ALL = frozenset({RUN, INVENTORY, SLICES, CLEANUP, PROBE})
 _NVML = frozenset({RUN, INVENTORY, SLICES})
 
 
@@ -283,7 +348,7 @@ _IDENTITY, _KUBELET, _NVML_G, _API, _HEALTH, _SLICES_G, _PROCESS = (
 FLAGS: tuple[Flag, ...] = (
     Flag("--driver-name", "DRIVER_NAME", _text, _D.driver_name,
          "the DRA driver name: device class selectors and claims refer to it",
-         frozenset({RUN, SLICES, CLEANUP}), _IDENTITY, "NAME"),
+         frozenset({RUN, SLICES, CLEANUP, PROBE}), _IDENTITY, "NAME"),
     Flag("--node-name", "NODE_NAME", _text, None,
          "this node's name, also the ResourceSlice pool's name (in a pod: the downward "
          "API's spec.nodeName); required unless --allow-default-node-name",
@@ -294,13 +359,13 @@ FLAGS: tuple[Flag, ...] = (
          frozenset({RUN, CLEANUP}), _IDENTITY, boolean=True),
     Flag("--plugins-dir", "KUBELET_PLUGINS_DIRECTORY_PATH", _path, _D.plugins_dir,
          "the kubelet's plugins directory; the DRA socket and state go in <dir>/<driver>",
-         frozenset({RUN}), _KUBELET, "DIR"),
+         frozenset({RUN, PROBE}), _KUBELET, "DIR"),
     Flag("--registry-dir", "KUBELET_REGISTRAR_DIRECTORY_PATH", _path, _D.registry_dir,
          "the kubelet's plugin registration directory",
-         frozenset({RUN}), _KUBELET, "DIR"),
-    Flag("--state-dir", "STATE_DIR", _path, None,
-         "where the claim checkpoint lives (unset: <plugins-dir>/<driver-name>)",
-         frozenset({RUN}), _KUBELET, "DIR"),
+         frozenset({RUN, PROBE}), _KUBELET, "DIR"),
+    Flag("--state-dir", "STATE_DIR", _optional_path, None,
+         "where the claim checkpoint lives (unset: <plugins-dir>/<driver-name>/dra-driver-gpu)",
+         frozenset({RUN, PROBE}), _KUBELET, "DIR"),
     Flag("--cdi-root", "CDI_ROOT", _path, _D.cdi_root,
          "where claim CDI specs are written for the container runtime",
          frozenset({RUN}), _KUBELET, "DIR"),
@@ -310,8 +375,17 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--proc-root", "PROC_ROOT", _path, _D.proc_root,
          "the host's /proc (the boot id and the driver's parameters are read there)",
          frozenset({RUN}), _KUBELET, "DIR"),
-    Flag("--driver-root", "NVIDIA_DRIVER_ROOT", _path, _D.driver_root,
-         "the root under which the NVIDIA driver's files are installed on the host",
+    Flag("--driver-root", "DRIVER_ROOT_CTR_PATH", _optional_path, None,
+         "where this process reads the NVIDIA driver's files (in a pod: where the host's "
+         "driver root is mounted, e.g. /driver-root); unset: --host-driver-root",
+         frozenset({RUN}), _KUBELET, "DIR"),
+    Flag("--host-driver-root", "NVIDIA_DRIVER_ROOT", _optional_path, None,
+         "the same directory as the host names it, written into CDI specs: / or e.g. "
+         "/run/nvidia/driver; unset: --driver-root, else /",
+         frozenset({RUN}), _KUBELET, "DIR"),
+    Flag("--nvidia-proc-dir", "NVIDIA_PROC_DIR", _optional_path, None,
+         "the NVIDIA kernel driver's /proc/driver/nvidia (MIG capabilities); "
+         "unset: <--proc-root>/driver/nvidia",
          frozenset({RUN}), _KUBELET, "DIR"),
     Flag("--health-resend-interval", "HEALTH_RESEND_INTERVAL", positive_seconds,
          _D.health_resend_interval,
@@ -334,6 +408,11 @@ FLAGS: tuple[Flag, ...] = (
          "how NVML is called: the bundled cffi fast path, the nvidia-ml-py package, or "
          "auto (cffi when it loads)",
          _NVML, _NVML_G, choices=("auto", "cffi", "nvidia-ml-py")),
+    Flag("--rescan-interval", "RESCAN_INTERVAL", non_negative_seconds, _D.rescan_interval,
+         "re-read the GPUs and MIG devices this often: a GPU that answers again, or a MIG "
+         "re-layout by an operator, is published and monitored without a restart; 0 reads "
+         "them only at start",
+         frozenset({RUN}), _NVML_G, "SECONDS"),
     Flag("--fake-nvml", "FAKE_NVML", _text, None,
          "use the bundled fake NVML library with this topology (small, a100, dgx-h100, or a "
          "topology file): a simulated node for demos and tests",
@@ -341,6 +420,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--kubeconfig", "KUBECONFIG", _text, None,
          "kubeconfig file of the API server (unset: the pod's service account)",
          frozenset({RUN, CLEANUP}), _API, "FILE"),
+    Flag("--claim-device-status", "CLAIM_DEVICE_STATUS", parse_bool, _D.claim_device_status,
+         "write each prepared device's conditions (Ready, Healthy) and data (UUID, MIG "
+         "profile) into ResourceClaim status.devices by server-side apply; needs RBAC "
+         "patch on resourceclaims/status, turns itself off where the server drops the field",
+         frozenset({RUN}), _API, boolean=True),
     Flag("--health", "DEVICE_HEALTH", parse_bool, _D.health,
          "watch device health (XIDs, ECC, GPU lost, ...), stream it to the kubelet and "
          "taint unhealthy devices",
@@ -360,6 +444,22 @@ FLAGS: tuple[Flag, ...] = (
          _D.health_temperature_threshold,
          "a GPU at or above this temperature is Degraded; 0 turns the check off",
          frozenset({RUN}), _HEALTH, "CELSIUS"),
+    Flag("--health-evict", "HEALTH_EVICT", evict_list, _D.health_evict,
+         "evict the pods using an Unhealthy device (NoExecute taint instead of NoSchedule) "
+         "when its reason or recovery class is listed, e.g. gpu-lost,reset-required,xid-79 "
+         f"or node-reboot,gpu-reset; {EVICT_ALL!r} for every Unhealthy device; 'none' evicts "
+         "for none",
+         frozenset({RUN}), _HEALTH, "REASON,..."),
+    Flag("--health-degraded-taint", "HEALTH_DEGRADED_TAINT", parse_bool,
+         _D.health_degraded_taint,
+         "give Degraded devices an informational <driver>/degraded taint (effect None: the "
+         "scheduler ignores it) where the API server is 1.35 or newer",
+         frozenset({RUN}), _HEALTH, boolean=True),
+    Flag("--health-nvml-deadline", "HEALTH_NVML_DEADLINE", positive_seconds,
+         _D.health_nvml_deadline,
+         "an NVML call on one GPU (health sample, compute mode) that takes longer makes that "
+         "GPU Unknown (tainted) and fails the claim step; checks of other GPUs go on",
+         frozenset({RUN}), _HEALTH, "SECONDS"),
     Flag("--partitionable-devices", "PARTITIONABLE_DEVICES", parse_bool,
          _D.partitionable_devices,
          "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36): "
@@ -481,9 +581,15 @@ def from_args(ns: argparse.Namespace) -> Settings:
     for key in ("plugins_dir", "registry_dir", "cdi_root", "state_dir"):
         if values.get(key) is not None:
             values[key] = Path(values[key]).absolute()
-    for key in ("dev_root", "proc_root", "sys_root", "driver_root"):
+    for key in ("dev_root", "proc_root", "sys_root", "driver_root", "host_driver_root",
+                "nvidia_proc_dir"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
+    if "driver_root" in values and values["driver_root"] is None:
+        # One directory named once: the host's driver root, read where it is.
+        values["driver_root"] = values.get("host_driver_root") or Path("/")
+    if "health_evict" in values:
+        values["health_evict"] = tuple(values["health_evict"])
     if "health_ignored_xids" in values:
         values["health_ignored_xids"] = tuple(values["health_ignored_xids"])
     return Settings(**values)

@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
 
 def load_inventory(s: settings_mod.Settings) -> Inventory:
     """Open NVML, read one snapshot, close. Raises NvmlError."""
-    backend = open_backend(library=s.nvml_library, backend=s.nvml_backend)
+    backend = open_backend(library=s.resolved_nvml_library(), backend=s.nvml_backend)
     try:
         return build_inventory(
             backend.inventory(), backend=backend.name, pcie_root_of=pcie_root_resolver(s.sys_root)

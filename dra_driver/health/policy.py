@@ -45,6 +45,22 @@ Three kinds of condition, by how they clear:
   with NONE clears the GPU's recovery-action conditions at once: that is
   NVML itself saying the action is done.
 
+Recovery. Every condition says what it needs (recovery.py): none, GPU reset,
+node reboot, drain P2P, drain and reset. NVML's recovery action (field
+NVML_FI_DEV_GET_GPU_RECOVERY_ACTION read with every sample, or the
+recovery-action event; drivers 565+) decides it where the driver has one;
+otherwise XIDs are classified by NVIDIA's XID catalogue and the other
+conditions by what their signal documents. Once a non-NONE action was seen
+for a held condition, the condition clears as soon as a sample of the GPU
+answers with the action back at NONE: NVML saying the fault is handled
+replaces waiting out the hold. Without such a driver the hold applies.
+
+Never healthy by default. A GPU whose NVML calls overrun their deadline is
+*unresponsive* (set by the monitor, which owns the clocks and threads): its
+devices read UNKNOWN ("NVML has not answered for N s") until a call on it
+returns, unless a known UNHEALTHY condition already says more. When the event
+path or the poller stalls, every device reads UNKNOWN.
+
 Notes (e.g. "not monitored for NVML events") are per-GPU remarks appended to
 the message without changing the verdict: a GPU whose driver cannot deliver
 XID events is not itself faulty, and calling it DEGRADED forever would only
@@ -72,6 +88,7 @@ from ..nvml.types import (
     NvmlEvent,
     Reading,
 )
+from . import recovery
 from .board import DeviceHealth, Health
 
 # XIDs that report application faults (bad kernels, page faults of one
@@ -134,6 +151,20 @@ REASON_REMAP_PENDING = "remap-pending"
 REASON_RETIRED_PAGES = "retired-pages-pending"
 REASON_THERMAL = "thermal"
 NOTE_UNMONITORED = "unmonitored"
+REASON_UNRESPONSIVE = "nvml-unresponsive"  # Unknown: a GPU's NVML calls overran
+REASON_STALLED = "health-checks-stalled"  # Unknown: the event thread or poller stopped
+SIGNAL_RECOVERY = "recovery-action"
+
+# What the conditions that are not XIDs need, by reason (fallback when NVML has no action).
+REASON_RECOVERY: dict[str, str] = {
+    "gpu-lost": recovery.NODE_REBOOT,  # XID 79's bucket: RESTART_BM
+    "reset-required": recovery.GPU_RESET,
+    "ecc-dbe": recovery.GPU_RESET,  # XID 48: "a GPU reset or node reboot is needed"
+    "ecc-uncorrected": recovery.GPU_RESET,
+    "remap-failure": recovery.GPU_RESET,  # XID 64's bucket: RESET_GPU
+    "remap-pending": recovery.GPU_RESET,
+    "retired-pages-pending": recovery.GPU_RESET,
+}
 
 
 class Kind(Enum):
@@ -159,10 +190,17 @@ class Condition:
     last_seen: float  # policy clock: latest occurrence (holds count from here)
     count: int = 1
     signal: str = ""  # POLLED only: which sampled signal produced it
+    recovery: str = recovery.NONE  # what it needs (recovery.py classes)
+    # HELD only: NVML reported a recovery action (not NONE) since its last occurrence,
+    # so NONE again means the driver handled it.
+    action_seen: bool = False
 
     def describe(self) -> str:
         repeat = f" ({self.count} times)" if self.count > 1 else ""
-        return f"{self.reason} ({self.severity.value.lower()}): {self.message}{repeat}"
+        return (
+            f"{self.reason} ({self.severity.value.lower()}): {self.message}{repeat} "
+            f"[{recovery.describe(self.recovery)}]"
+        )
 
 
 @dataclass(frozen=True)
@@ -214,6 +252,12 @@ class _Gpu:
     ecc_uncorrected: int | None = None  # previous volatile count
     logged_errors: set[tuple[str, int]] = field(default_factory=set)
     note: str = ""
+    action: int | None = None  # latest NVML recovery action (None: driver has not said)
+    unresponsive: tuple[float, str] | None = None  # (policy-clock since, what is hung)
+    # The latest sample applied in full, kept only while applying an equal sample
+    # again would change nothing: it answered SUCCESS, no condition waits for the
+    # GPU to answer, and no event has touched the GPU's conditions since.
+    settled: HealthSample | None = None
 
 
 class HealthPolicy:
@@ -231,6 +275,8 @@ class HealthPolicy:
         self._by_index: dict[int, _Gpu] = {}
         self._conds: dict[str, dict[str, Condition]] = {}
         self._gpu_by_device: dict[str, _Gpu] = {}
+        self._stalled: dict[str, tuple[float, str]] = {}  # key -> (since, what stopped)
+        self._held: set[str] = set()  # devices that may have HELD conditions (expire's work)
         for gpu in inventory.gpus:
             migs = {
                 (d.mig.gpu_instance_id, d.mig.compute_instance_id): d.name
@@ -267,16 +313,136 @@ class HealthPolicy:
         conds = self.conditions(device)
         gpu = self._gpu_by_device.get(device)
         note = gpu.note if gpu is not None else ""
-        if not conds:
-            return DeviceHealth(device, Health.HEALTHY, note)
+        silent = self._silence(gpu)
         parts = [c.describe() for c in conds]
         if note:
             parts.append(note)
-        return DeviceHealth(device, conds[0].severity, "; ".join(parts), conds[0].reason)
+        if conds and conds[0].severity is Health.UNHEALTHY:
+            # Known trouble says more than "no answer"; the silence rides along.
+            needs = recovery.worst([c.recovery for c in conds if c.severity is Health.UNHEALTHY])
+            text = "; ".join(parts + ([silent[1]] if silent else []))
+            return DeviceHealth(device, Health.UNHEALTHY, text, conds[0].reason, recovery=needs)
+        if silent is not None:
+            reason, text = silent
+            known = f"; last known: {'; '.join(parts)}" if parts else ""
+            return DeviceHealth(device, Health.UNKNOWN, text + known, reason)
+        if not conds:
+            return DeviceHealth(device, Health.HEALTHY, note)
+        needs = recovery.worst([c.recovery for c in conds])
+        return DeviceHealth(
+            device, conds[0].severity, "; ".join(parts), conds[0].reason, recovery=needs
+        )
+
+    def _silence(self, gpu: _Gpu | None) -> tuple[str, str] | None:
+        """(reason, text) when this GPU's health cannot be vouched for right now."""
+        now = self._clock()
+        if self._stalled:
+            since, what = min(self._stalled.values())
+            return REASON_STALLED, f"health checks stalled: {what} for {now - since:.0f} s"
+        if gpu is not None and gpu.unresponsive is not None:
+            since, what = gpu.unresponsive
+            return REASON_UNRESPONSIVE, f"NVML has not answered for {now - since:.0f} s ({what})"
+        return None
+
+    # -- silence (set by the monitor's deadlines and watchdog) -----------------------
+
+    def set_unresponsive(self, gpu_uuid: str, since: float, what: str, index: int = -1) -> Outcome:
+        """The GPU's NVML call started at `since` (policy clock) has not returned in time.
+
+        Called again while it stays hung, to refresh "for N s" in the message.
+        """
+        out = Outcome()
+        gpu = self._find_gpu(gpu_uuid, index)
+        if gpu is None:
+            return out
+        if gpu.unresponsive is None:
+            out.note(logging.WARNING, f"{gpu.full_name}: NVML has not answered ({what})")
+        gpu.unresponsive = (since, what)
+        out.changed.update(gpu.devices)
+        return out
+
+    def set_answered(self, gpu_uuid: str, index: int = -1) -> Outcome:
+        """A call on the GPU returned (whatever it said): it is no longer unresponsive."""
+        out = Outcome()
+        gpu = self._find_gpu(gpu_uuid, index)
+        if gpu is not None and gpu.unresponsive is not None:
+            since, what = gpu.unresponsive
+            gpu.unresponsive = None
+            out.changed.update(gpu.devices)
+            out.note(
+                logging.INFO,
+                f"{gpu.full_name}: NVML answers again ({what} returned after "
+                f"{self._clock() - since:.1f} s)",
+            )
+        return out
+
+    def unresponsive(self, gpu_uuid: str) -> tuple[float, str] | None:
+        gpu = self._gpus.get(gpu_uuid)
+        return gpu.unresponsive if gpu is not None else None
+
+    def set_stalled(self, key: str, since: float, what: str) -> Outcome:
+        """A health producer (key: "events", "poll") made no progress since `since`."""
+        out = Outcome()
+        if key not in self._stalled:
+            out.note(logging.ERROR, f"health checks stalled: {what}; every device is Unknown")
+        self._stalled[key] = (since, what)
+        out.changed.update(self._conds)
+        return out
+
+    def clear_stalled(self, key: str) -> Outcome:
+        out = Outcome()
+        if self._stalled.pop(key, None) is not None:
+            out.changed.update(self._conds)
+            out.note(logging.INFO, f"health checks resumed ({key})")
+        return out
 
     def verdicts(self, devices: Iterable[str] | None = None) -> list[DeviceHealth]:
         names = sorted(self._conds if devices is None else set(devices) & set(self._conds))
         return [self.verdict(n) for n in names]
+
+    # -- re-enumeration ----------------------------------------------------------------
+
+    def follow(self, inventory: Inventory) -> set[str]:
+        """Take a re-enumerated inventory; returns the device names that are new.
+
+        A GPU keeps everything known about it (its conditions, answers, ECC
+        baseline, notes) across the change; only its device list and (GI, CI)
+        map follow the new layout. A MIG device that keeps its name keeps its
+        conditions; a destroyed one's are dropped; a new one starts clean. GPUs
+        not in the new inventory are forgotten (the caller keeps a lost GPU in
+        the inventory it hands over).
+        """
+        gpus: dict[str, _Gpu] = {}
+        by_index: dict[int, _Gpu] = {}
+        conds: dict[str, dict[str, Condition]] = {}
+        by_device: dict[str, _Gpu] = {}
+        for gpu in inventory.gpus:
+            migs = {
+                (d.mig.gpu_instance_id, d.mig.compute_instance_id): d.name
+                for d in gpu.mig_devices
+                if d.mig is not None
+            }
+            devices = (gpu.name, *(d.name for d in gpu.mig_devices))
+            old = self._gpus.get(gpu.uuid)
+            if old is None:
+                state = _Gpu(gpu.index, gpu.uuid, gpu.name, devices, migs)
+            else:
+                state = replace(
+                    old, index=gpu.index, full_name=gpu.name, devices=devices, migs=migs
+                )
+            gpus[gpu.uuid] = state
+            by_index[gpu.index] = state
+            for name in devices:
+                conds[name] = self._conds.get(name, {}) if old is not None else {}
+                by_device[name] = state
+        new = set(conds) - set(self._conds)
+        self._gpus, self._by_index, self._conds, self._gpu_by_device = (
+            gpus,
+            by_index,
+            conds,
+            by_device,
+        )
+        return new
 
     # -- events ------------------------------------------------------------------------
 
@@ -304,6 +470,7 @@ class HealthPolicy:
                 Kind.HELD,
                 now,
                 out,
+                recovery=self._needs(gpu, REASON_RECOVERY[REASON_ECC_DBE]),
             )
         elif kind & EVENT_GPU_UNAVAILABLE:
             self._lost(gpu, now, out, "NVML reported the GPU unavailable")
@@ -322,8 +489,11 @@ class HealthPolicy:
         if xid in self.config.ignored_xids:
             out.note(logging.INFO, f"{scope}: {text} ignored (an application error, not the GPU)")
             return
-        out.note(logging.WARNING, f"{scope}: {text}")
-        self._raise(targets, f"xid-{xid}", Health.UNHEALTHY, text, Kind.HELD, now, out)
+        needs = self._needs(gpu, recovery.for_xid(xid))
+        out.note(logging.WARNING, f"{scope}: {text}; {recovery.describe(needs)}")
+        self._raise(
+            targets, f"xid-{xid}", Health.UNHEALTHY, text, Kind.HELD, now, out, recovery=needs
+        )
 
     def _targets(self, gpu: _Gpu, event: NvmlEvent, out: Outcome) -> tuple[tuple[str, ...], str]:
         """The devices an event hits, and a description of where it landed."""
@@ -346,8 +516,16 @@ class HealthPolicy:
         )
         return gpu.devices, f"{gpu.full_name} (whole GPU, unknown GI {gi} CI {ci})"
 
+    def _needs(self, gpu: _Gpu, fallback: str) -> str:
+        """NVML's own action for the GPU when it has one, else the fallback class."""
+        if gpu.action is not None and gpu.action != RECOVERY_ACTION_NONE:
+            return recovery.for_action(gpu.action)
+        return fallback
+
     def _on_recovery_action(self, gpu: _Gpu, action: int, now: float, out: Outcome) -> None:
+        gpu.action = action
         if action == RECOVERY_ACTION_NONE:
+            gpu.settled = None
             for name in gpu.devices:
                 conds = self._conds[name]
                 for reason in [r for r in conds if r.startswith(RECOVERY_ACTION_PREFIX)]:
@@ -359,9 +537,29 @@ class HealthPolicy:
         name = RECOVERY_ACTIONS.get(action, str(action))
         text = f"NVML asks for a recovery action: {name.replace('-', ' ')}"
         out.note(logging.WARNING, f"{gpu.full_name}: {text}")
+        self._action_seen(gpu, action, now, out)
         self._raise(
-            gpu.devices, RECOVERY_ACTION_PREFIX + name, Health.UNHEALTHY, text, Kind.HELD, now, out
+            gpu.devices,
+            RECOVERY_ACTION_PREFIX + name,
+            Health.UNHEALTHY,
+            text,
+            Kind.HELD,
+            now,
+            out,
+            recovery=recovery.for_action(action),
         )
+
+    def _action_seen(self, gpu: _Gpu, action: int, at: float, out: Outcome) -> None:
+        """NVML reports action (not NONE): held conditions up to `at` are bound to it."""
+        needs = recovery.for_action(action)
+        for name in gpu.devices:
+            conds = self._conds[name]
+            for reason, c in list(conds.items()):
+                if c.kind is Kind.HELD and c.last_seen <= at:
+                    new = replace(c, recovery=needs, action_seen=True)
+                    if new != c:
+                        conds[reason] = new
+                        out.changed.add(name)
 
     def on_wait_lost(self, gpu_uuid: str, gpu_index: int = -1) -> Outcome:
         """A GPU known to be lost by other means (an attributed wait error)."""
@@ -373,7 +571,14 @@ class HealthPolicy:
 
     def _lost(self, gpu: _Gpu, now: float, out: Outcome, text: str) -> None:
         self._raise(
-            gpu.devices, REASON_GPU_LOST, Health.UNHEALTHY, text, Kind.UNTIL_ANSWERS, now, out
+            gpu.devices,
+            REASON_GPU_LOST,
+            Health.UNHEALTHY,
+            text,
+            Kind.UNTIL_ANSWERS,
+            now,
+            out,
+            recovery=self._needs(gpu, REASON_RECOVERY[REASON_GPU_LOST]),
         )
 
     # -- samples -----------------------------------------------------------------------
@@ -391,6 +596,16 @@ class HealthPolicy:
         return out
 
     def _on_sample(self, gpu: _Gpu, s: HealthSample, sampled_at: float, out: Outcome) -> None:
+        if gpu.unresponsive is not None:  # it answered, whatever it said
+            out.merge(self.set_answered(gpu.uuid))
+        settled = gpu.settled
+        if settled is not None and (s is settled or s == settled):
+            # The steady state: the same readings as last time change no condition.
+            # Only the time of the latest good answer moves (held conditions expire by it).
+            if gpu.last_ok_at is None or sampled_at > gpu.last_ok_at:
+                gpu.last_ok_at = sampled_at
+            return
+        gpu.settled = None
         if s.rc != SUCCESS:
             gpu.answering_since = None
         elif gpu.last_rc != SUCCESS or gpu.answering_since is None:
@@ -410,19 +625,26 @@ class HealthPolicy:
                 Kind.UNTIL_ANSWERS,
                 now,
                 out,
+                recovery=self._needs(gpu, recovery.GPU_RESET),
             )
             return
         if s.rc != SUCCESS:
             self._log_once(gpu, "sample", s.rc, out, "health sample failed")
             return
         gpu.last_ok_at = sampled_at if gpu.last_ok_at is None else max(gpu.last_ok_at, sampled_at)
+        waiting = False  # an UNTIL_ANSWERS condition raised after this sample started
         for name in gpu.devices:  # the GPU answers: lost / reset-required are over
             conds = self._conds[name]
             for reason, c in list(conds.items()):
-                if c.kind is Kind.UNTIL_ANSWERS and sampled_at >= c.last_seen:
-                    del conds[reason]
-                    out.changed.add(name)
-                    out.note(logging.INFO, f"{name}: {reason} cleared: the GPU answers NVML again")
+                if c.kind is Kind.UNTIL_ANSWERS:
+                    if sampled_at >= c.last_seen:
+                        del conds[reason]
+                        out.changed.add(name)
+                        out.note(
+                            logging.INFO, f"{name}: {reason} cleared: the GPU answers NVML again"
+                        )
+                    else:
+                        waiting = True
         wanted: dict[str, tuple[str, Health, str]] = {}  # reason -> (signal, severity, text)
         keep: set[str] = set()  # signals whose readings failed: previous conditions stay
         self._sample_remap(gpu, s, wanted, keep, out)
@@ -430,8 +652,48 @@ class HealthPolicy:
         self._sample_clocks(gpu, s, wanted, keep, out)
         self._sample_pcie(gpu, s, wanted, keep, out)
         self._sample_temperature(gpu, s, wanted, keep, out)
+        self._sample_recovery_action(gpu, s, sampled_at, wanted, keep, out)
         self._set_polled(gpu, wanted, keep, now, out)
         self._sample_ecc(gpu, s, now, out)
+        if not waiting:
+            gpu.settled = s
+
+    def _sample_recovery_action(
+        self,
+        gpu: _Gpu,
+        s: HealthSample,
+        sampled_at: float,
+        wanted: dict[str, tuple[str, Health, str]],
+        keep: set[str],
+        out: Outcome,
+    ) -> None:
+        """The driver's recovery action, a level: it raises, binds and clears conditions."""
+        r = s.recovery_action
+        if not self._usable(gpu, SIGNAL_RECOVERY, (r,), keep, out):
+            return  # an older driver: classes stay the fallback's, holds apply
+        gpu.action = r.value
+        if r.value != RECOVERY_ACTION_NONE:
+            name = RECOVERY_ACTIONS.get(r.value, str(r.value))
+            wanted[RECOVERY_ACTION_PREFIX + name] = (
+                SIGNAL_RECOVERY,
+                Health.UNHEALTHY,
+                f"NVML asks for a recovery action: {name.replace('-', ' ')}",
+            )
+            self._action_seen(gpu, r.value, sampled_at, out)
+            return
+        # NONE while the GPU answers: what NVML had asked for is done.
+        for name in gpu.devices:
+            conds = self._conds[name]
+            for reason, c in list(conds.items()):
+                done = c.kind is Kind.HELD and c.last_seen <= sampled_at
+                if done and (c.action_seen or reason.startswith(RECOVERY_ACTION_PREFIX)):
+                    del conds[reason]
+                    out.changed.add(name)
+                    out.note(
+                        logging.INFO,
+                        f"{name}: {reason} cleared: NVML reports no recovery action needed "
+                        "any more and the GPU answers",
+                    )
 
     def _usable(
         self, gpu: _Gpu, signal: str, readings: Sequence[Reading], keep: set[str], out: Outcome
@@ -555,6 +817,7 @@ class HealthPolicy:
                 Kind.HELD,
                 now,
                 out,
+                recovery=self._needs(gpu, REASON_RECOVERY[REASON_ECC_UNCORRECTED]),
             )
 
     def _set_polled(
@@ -575,8 +838,18 @@ class HealthPolicy:
             for reason, (signal, severity, text) in wanted.items():
                 old = conds.get(reason)
                 if old is None or old.kind is not Kind.POLLED:
+                    needs = REASON_RECOVERY.get(reason, recovery.NONE)
+                    if reason.startswith(RECOVERY_ACTION_PREFIX) and gpu.action is not None:
+                        needs = recovery.for_action(gpu.action)
                     conds[reason] = Condition(
-                        reason, severity, text, Kind.POLLED, now, now, signal=signal
+                        reason,
+                        severity,
+                        text,
+                        Kind.POLLED,
+                        now,
+                        now,
+                        signal=signal,
+                        recovery=needs,
                     )
                     out.changed.add(name)
                 elif (old.severity, old.message) != (severity, text):
@@ -602,6 +875,8 @@ class HealthPolicy:
     def expire(self) -> Outcome:
         """Clear held conditions whose hold has passed on a GPU that answers normally."""
         out = Outcome()
+        if not self._held:
+            return out
         now = self._clock()
         hold = self.config.hold_seconds
         for gpu in self._gpus.values():
@@ -621,14 +896,19 @@ class HealthPolicy:
                             logging.INFO,
                             f"{name}: {reason} cleared after {hold:g}s without a repeat",
                         )
+        self._held = {
+            name
+            for name in self._held
+            if any(c.kind is Kind.HELD for c in self._conds[name].values())
+        }
         return out
 
     def next_expiry(self) -> float | None:
         """Policy-clock time at which the earliest held condition may expire, if any."""
         times = [
             c.last_seen + self.config.hold_seconds
-            for conds in self._conds.values()
-            for c in conds.values()
+            for name in self._held
+            for c in self._conds[name].values()
             if c.kind is Kind.HELD
         ]
         return min(times) if times else None
@@ -649,19 +929,41 @@ class HealthPolicy:
         kind: Kind,
         now: float,
         out: Outcome,
+        recovery: str = recovery.NONE,
     ) -> None:
-        """Add a condition, or refresh it (count, last_seen, text) when already active."""
+        """Add a condition, or refresh it (count, last_seen, text) when already active.
+
+        A repeat starts over: NVML must report an action for it again before a
+        NONE can clear it.
+        """
         for name in devices:
             conds = self._conds[name]
+            self._gpu_by_device[name].settled = None  # the next sample is applied in full
+            if kind is Kind.HELD:
+                self._held.add(name)
             old = conds.get(reason)
             if old is None:
-                conds[reason] = Condition(reason, severity, text, kind, now, now)
+                conds[reason] = Condition(reason, severity, text, kind, now, now, recovery=recovery)
                 out.changed.add(name)
                 continue
             count = old.count + 1 if kind is Kind.HELD else old.count
-            new = replace(old, severity=severity, message=text, kind=kind, last_seen=now)
-            conds[reason] = replace(new, count=count)
-            if (old.severity, old.message, old.count) != (severity, text, count):
+            new = replace(
+                old,
+                severity=severity,
+                message=text,
+                kind=kind,
+                last_seen=now,
+                count=count,
+                recovery=recovery,
+                action_seen=False,
+            )
+            conds[reason] = new
+            if (old.severity, old.message, old.count, old.recovery) != (
+                severity,
+                text,
+                count,
+                recovery,
+            ):
                 out.changed.add(name)
 
     def _log_once(self, gpu: _Gpu, what: str, rc: int, out: Outcome, text: str) -> None:

@@ -126,7 +126,7 @@ class HealthServicer:
             )
             return
         self._streams += 1
-        log.debug("health watcher (%s) connected (%d active)", version, self._streams)
+        log.debug("%s health watcher connected (%d active)", version, self._streams)
         try:
             while not self._closing.is_set():
                 version_seen = self._board.version  # read before the snapshot: never miss one
@@ -134,7 +134,7 @@ class HealthServicer:
                 await self._wait_change_or_resend(version_seen)
         finally:
             self._streams -= 1
-            log.debug("health watcher (%s) gone (%d active)", version, self._streams)
+            log.debug("%s health watcher gone (%d active)", version, self._streams)
 
     # v1alpha1 callers (and tests) that address the servicer itself.
     async def NodeWatchResources(self, request: object, context: object) -> AsyncIterator[Any]:

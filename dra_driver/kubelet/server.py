@@ -30,6 +30,8 @@ from .sockets import (
 
 log = logging.getLogger(__name__)
 
+SOCKET_MODE = 0o600
+
 MiB = 1024 * 1024
 # The kubelet sends every claim of a pod in one request; 10,000 claims with
 # long names need more than gRPC's 4 MiB default.
@@ -115,6 +117,8 @@ class SocketServer:
         try:
             if server.add_insecure_port(f"unix:{tmp}") == 0:
                 raise OSError(f"cannot bind unix socket {tmp}")
+            # Only root (the kubelet) may call us: whoever can connect can unprepare claims.
+            os.chmod(tmp, SOCKET_MODE)
             await server.start()
             # link() never replaces what may have appeared at path since the
             # caller checked it (unlike rename): an operator's file survives.

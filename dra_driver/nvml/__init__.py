@@ -12,6 +12,7 @@ import logging
 from ._common import DEFAULT_LIBRARY
 from .errors import (
     ERROR_UNKNOWN,
+    NvmlDeadlineError,
     NvmlError,
     NvmlFunctionNotFoundError,
     NvmlGpuLostError,
@@ -51,6 +52,7 @@ __all__ = [
     "MigProfile",
     "MigRecord",
     "NvmlBackend",
+    "NvmlDeadlineError",
     "NvmlError",
     "NvmlEvent",
     "NvmlFunctionNotFoundError",

@@ -9,6 +9,7 @@ falls back to nvidia-ml-py.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 import threading
@@ -32,6 +33,24 @@ from ._common import (
     unknown_profile_error,
 )
 from ._fastpath import ffi, lib
+from ._records import (
+    HEAD_BIT as _REC_HEAD_BIT,
+)
+from ._records import (
+    INVENTORY_SIZE as _REC_INVENTORY_SIZE,
+)
+from ._records import (
+    configure as _rec_configure,
+)
+from ._records import (
+    diff as _rec_diff,
+)
+from ._records import (
+    gpu as _rec_gpu,
+)
+from ._records import (
+    same as _rec_same,
+)
 from .errors import (
     ERROR_FUNCTION_NOT_FOUND,
     ERROR_IN_USE,
@@ -270,9 +289,16 @@ _NO_PROFILES: _Profiles = ((), {})
 # and its profiles, kept with the bytes to recognise them in the next inventory.
 _GpuResult = tuple[GpuRecord | None, tuple[DeviceError, ...], _Profiles]
 _GpuMemo = list[tuple[_GpuKey, _GpuResult]]
+_NO_KEY: _GpuKey = (b"", b"", b"")  # a natively built GPU's (its bytes live in _previous)
 
 if GI_PROFILE_INDEX_COUNT > lib.FP_MAX_PROFILES:
     raise ImportError("fast path built with too few profile slots for GI_PROFILE_INDEX_COUNT")
+if ffi.sizeof("fp_inventory_t") != _REC_INVENTORY_SIZE or _REC_HEAD_BIT != lib.FP_MAX_GPUS:
+    raise ImportError("_records and _fastpath were built from different headers: rebuild")
+_rec_configure(
+    GpuRecord, MigRecord, MigProfile, tuple(f.name for f in dataclasses.fields(GpuRecord))
+)
+_HEAD_CHANGED = 1 << _REC_HEAD_BIT
 
 
 class CffiBackend:
@@ -313,12 +339,15 @@ class CffiBackend:
         self._inv_buf = ffi.buffer(self._inv)
         self._snapshot: NvmlSnapshot | None = None
         self._gpu_memo: _GpuMemo = []  # by position in gpus[]
+        # The last converted inventory's bytes, which _records.diff compares with.
+        self._previous = bytearray(_REC_INVENTORY_SIZE)
         self._last_inventory_calls = 0
         self._health_out = ffi.new("fp_health_t[]", lib.FP_MAX_GPUS)
         self._health_buf = ffi.buffer(self._health_out)
         self._health_indices: Any = ffi.NULL
         self._health_gpus: tuple[GpuRecord, ...] | None = None
         self._health_memo: list[tuple[bytes, HealthSample]] = []  # by position
+        self._health_prev = bytearray(_HEALTH_SIZE * lib.FP_MAX_GPUS)  # last sample's bytes
 
     # -- helpers ---------------------------------------------------------
 
@@ -375,11 +404,26 @@ class CffiBackend:
         A GPU's record (and its errors) is a pure function of its fp_gpu_t's
         meaningful bytes (the C side zeroes what it does not write), so a GPU
         whose bytes equal those at its position in the previous inventory gets
-        the previous (immutable) objects back; identical MIG profile lists,
-        common across GPUs of one model, share one tuple of MigProfiles. The
-        memo keeps only what the latest inventory used, so it never grows.
+        the previous (immutable) objects back, and an inventory equal to the
+        previous one in every byte gets the previous snapshot back. The
+        comparison (_records.diff) and the records of GPUs that read cleanly
+        (_records.gpu) are native; GPUs with errors go through _convert_gpu.
+        Identical MIG profile lists, common across GPUs of one model, share
+        one tuple of MigProfiles. The memo keeps only what the latest
+        inventory used, so it never grows.
         """
         buf = self._inv_buf
+        old_memo = self._gpu_memo
+        old_snapshot = self._snapshot
+        try:  # leaves _previous equal to this inventory; without a memo, nothing is reused
+            changed = _rec_diff(buf, self._previous)
+        except Exception:
+            self._gpu_memo = []
+            raise
+        if not changed and old_snapshot is not None and old_memo:
+            return old_snapshot
+        # From here on the memo must match _previous again, whatever happens.
+        self._gpu_memo = []
         (
             driver_version_rc,
             driver_version,
@@ -391,28 +435,26 @@ class CffiBackend:
         ) = _INVENTORY_HEAD.unpack_from(buf, 0)
         errors: list[DeviceError] = []
         gpus: list[GpuRecord] = []
-        old_memo = self._gpu_memo
+        built: list[GpuRecord | None] = []
         memo: _GpuMemo = []
+        reusable = len(old_memo)
         for i in range(gpu_count):
-            base = _GPUS_OFF + i * _GPU_SIZE
-            profile_count, mig_count = _COUNTS.unpack_from(buf, base + _PROFILE_COUNT_OFF)
-            start = base + _PROFILES_OFF
-            key = (
-                buf[base:start],
-                buf[start : start + profile_count * _PROFILE_SIZE],
-                buf[base + _MIG_HEADER_OFF : base + _MIGS_OFF + mig_count * _MIG_SIZE],
-            )
-            # Equal bytes compare by memcmp: much cheaper than hashing them.
-            if i < len(old_memo) and old_memo[i][0] == key:
-                result = old_memo[i][1]
+            key = _NO_KEY
+            if i < reusable and not (changed >> i) & 1:
+                key, result = old_memo[i]
             else:
-                result = self._convert_gpu(key, memo, old_memo)
+                record = _rec_gpu(buf, i, built)
+                if record is not None:
+                    result = (record, (), _NO_PROFILES)
+                else:
+                    key = self._gpu_key(i)
+                    result = self._convert_gpu(key, memo)
             memo.append((key, result))
             record, gpu_errors, _ = result
+            built.append(record)
             if record is not None:
                 gpus.append(record)
             errors.extend(gpu_errors)
-        self._gpu_memo = memo
         for i in range(gpu_count, device_count):
             errors.append(
                 DeviceError(
@@ -428,11 +470,25 @@ class CffiBackend:
                 self._message(driver_version_rc),
                 driver_version_rc,
             )
-        return _new_snapshot(
+        snapshot = _new_snapshot(
             decode(driver_version),
             cuda_version if cuda_version_rc == SUCCESS else 0,
             tuple(gpus),
             tuple(errors),
+        )
+        self._gpu_memo = memo
+        return snapshot
+
+    def _gpu_key(self, i: int) -> _GpuKey:
+        """GPU i's meaningful native bytes (what _convert_gpu reads)."""
+        buf = self._inv_buf
+        base = _GPUS_OFF + i * _GPU_SIZE
+        profile_count, mig_count = _COUNTS.unpack_from(buf, base + _PROFILE_COUNT_OFF)
+        start = base + _PROFILES_OFF
+        return (
+            buf[base:start],
+            buf[start : start + profile_count * _PROFILE_SIZE],
+            buf[base + _MIG_HEADER_OFF : base + _MIGS_OFF + mig_count * _MIG_SIZE],
         )
 
     def _convert_gpu(self, key: _GpuKey, *memos: _GpuMemo) -> _GpuResult:
@@ -610,11 +666,17 @@ class CffiBackend:
             if self._health_gpus is not gpus:
                 self._health_indices = ffi.new("unsigned int[]", [g.index for g in gpus])
                 self._health_gpus = gpus
+                self._health_memo = []
             rc = lib.fp_health(self._ctx, self._health_indices, len(gpus), self._health_out)
             if rc != SUCCESS:
                 raise error_for(rc, self._message(rc), "health_sample")
             buf = self._health_buf
             old_memo = self._health_memo
+            # The steady state: every GPU's bytes as last time (compared natively).
+            if _rec_same(buf, self._health_prev, len(gpus) * _HEALTH_SIZE) and len(
+                old_memo
+            ) == len(gpus):
+                return [sample for _, sample in old_memo]
             memo: list[tuple[bytes, HealthSample]] = []
             samples = []
             for k, gpu in enumerate(gpus):

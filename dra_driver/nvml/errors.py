@@ -79,6 +79,14 @@ class NvmlTimeoutError(NvmlError):
     """A wait (e.g. nvmlEventSetWait) ended without an event."""
 
 
+class NvmlDeadlineError(NvmlError):
+    """NVML did not answer within the deadline the driver gave the call (code TIMEOUT).
+
+    Raised by the deadline layer (dra_driver.nvml.deadline), above both
+    backends: the native call may still be running; the caller no longer waits.
+    """
+
+
 _BY_CODE: dict[int, type[NvmlError]] = {
     ERROR_UNINITIALIZED: NvmlUninitializedError,
     ERROR_LIBRARY_NOT_FOUND: NvmlLibraryNotFoundError,

@@ -22,6 +22,14 @@ cache specs). Only edits this driver can compute from the host are written:
   createContainer hooks that make them loadable. Without the hook no
   libraries are injected (the container must bring them).
 
+Files are looked up where this process sees them (dev_root, proc_root,
+driver_root, nvidia_proc_dir) but every path a spec names is the host's: a
+driver root mounted elsewhere in a container (`--driver-root /driver-root`)
+is written as the host's (`--host-driver-root`), since the runtime that
+applies the spec runs on the host. Device nodes are named by their /dev path
+and carry their major/minor, so the runtime never looks them up under our
+mount.
+
 cdiVersion is the lowest version whose features the spec uses (CDI's
 MinimumRequiredVersion rules), so older runtimes' CDI libraries accept it.
 Files are written atomically: a temp file whose name does not end in .json,
@@ -33,7 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import re
 import stat
 import threading
@@ -42,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..hostpaths import DriverRoot, library_dirs
 from ..inventory import Device
 from .files import Recycler, fsync_dir
 
@@ -135,7 +143,9 @@ class HostLayout:
     """Reads device nodes, MIG capabilities and driver files from the (possibly re-rooted) host.
 
     Paths in the spec are host paths ("/dev/nvidia0"); they are looked up under
-    dev_root / proc_root / driver_root, which tests point at a temp tree.
+    dev_root / proc_root / driver_root, which tests point at a temp tree, and
+    MIG capabilities under nvidia_proc_dir (default <proc_root>/driver/nvidia).
+    host_driver_root (default: driver_root) is what specs call driver_root.
     """
 
     def __init__(
@@ -144,10 +154,15 @@ class HostLayout:
         proc_root: Path,
         driver_root: Path,
         driver_version: Callable[[], str] = lambda: "",
+        *,
+        host_driver_root: Path | None = None,
+        nvidia_proc_dir: Path | None = None,
     ) -> None:
         self.dev_root = dev_root
         self.proc_root = proc_root
         self.driver_root = driver_root
+        self.root = DriverRoot(driver_root, host_driver_root or driver_root)
+        self.nvidia_proc_dir = nvidia_proc_dir or proc_root / "driver/nvidia"
         self._driver_version = driver_version
         self._lock = threading.Lock()
         self._driver_edits: dict[str, Any] | None = None
@@ -206,7 +221,7 @@ class HostLayout:
         return None
 
     def mig_cap_nodes(self, parent_minor: int, gi: int, ci: int) -> list[dict[str, Any]]:
-        base = self.proc_root / "driver/nvidia/capabilities" / f"gpu{parent_minor}" / "mig"
+        base = self.nvidia_proc_dir / "capabilities" / f"gpu{parent_minor}" / "mig"
         out = []
         for access in (base / f"gi{gi}" / "access", base / f"gi{gi}" / f"ci{ci}" / "access"):
             minor = self._cap_minor(access)
@@ -225,15 +240,12 @@ class HostLayout:
         return out
 
     def hook_path(self) -> Path | None:
+        """nvidia-cdi-hook as this process finds it (under driver_root), or None."""
         for rel in HOOK_PATHS:
             p = self.driver_root / rel
             if os.access(p, os.X_OK):
                 return p
         return None
-
-    def _lib_dirs(self) -> list[str]:
-        arch = platform.machine()
-        return [f"usr/lib/{arch}-linux-gnu", "usr/lib64", f"lib/{arch}-linux-gnu", "usr/lib"]
 
     def driver_edits(self) -> dict[str, Any]:
         """Library/tool mounts and hooks for the running driver version (cached)."""
@@ -259,7 +271,7 @@ class HostLayout:
         links: list[str] = []
         folders: list[str] = []
         if version:
-            for rel_dir in self._lib_dirs():
+            for rel_dir in library_dirs():
                 for lib in DRIVER_LIBRARIES:
                     found = self.driver_root / rel_dir / f"{lib}.{version}"
                     if not found.is_file():
@@ -267,7 +279,7 @@ class HostLayout:
                     container = f"/{rel_dir}/{lib}.{version}"
                     mounts.append(
                         {
-                            "hostPath": str(found),
+                            "hostPath": str(self.root.to_host(found)),
                             "containerPath": container,
                             "options": list(MOUNT_OPTIONS),
                         }
@@ -280,26 +292,27 @@ class HostLayout:
             if found.is_file():
                 mounts.append(
                     {
-                        "hostPath": str(found),
+                        "hostPath": str(self.root.to_host(found)),
                         "containerPath": f"/{rel}",
                         "options": list(MOUNT_OPTIONS),
                     }
                 )
         hooks: list[dict[str, Any]] = []
+        hook_on_host = str(self.root.to_host(hook))
         env = ["NVIDIA_CTK_DEBUG=false"]
         if links:
             args = ["nvidia-cdi-hook", "create-symlinks"]
             for link in links:
                 args += ["--link", link]
             hooks.append(
-                {"hookName": "createContainer", "path": str(hook), "args": args, "env": env}
+                {"hookName": "createContainer", "path": hook_on_host, "args": args, "env": env}
             )
         if folders:
             args = ["nvidia-cdi-hook", "update-ldcache"]
             for folder in folders:
                 args += ["--folder", folder]
             hooks.append(
-                {"hookName": "createContainer", "path": str(hook), "args": args, "env": env}
+                {"hookName": "createContainer", "path": hook_on_host, "args": args, "env": env}
             )
         if not mounts:
             log.warning(

@@ -165,6 +165,7 @@ class Recycler:
             self.dir.mkdir(parents=True, exist_ok=True)
             name = self._hidden(TEMP_MARK)
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
+            os.fchmod(fd, self.mode)  # exactly self.mode, whatever the umask
             st = os.fstat(fd)
             with self._lock:
                 self._created.add((st.st_dev, st.st_ino))

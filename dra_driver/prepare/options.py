@@ -23,5 +23,9 @@ class PreparerConfig:
     cdi_root: Path = DEFAULT_CDI_ROOT
     dev_root: Path = Path("/")  # host root where /dev lives (tests use a temp tree)
     proc_root: Path = Path("/proc")
-    driver_root: Path = Path("/")  # where the NVIDIA driver's files are on the host
+    driver_root: Path = Path("/")  # where this process reads the NVIDIA driver's files
+    # The same directory as the host names it, written into CDI specs (None: driver_root).
+    host_driver_root: Path | None = None
+    # The kernel driver's /proc/driver/nvidia (None: <proc_root>/driver/nvidia).
+    nvidia_proc_dir: Path | None = None
     workers: int = DEFAULT_WORKERS  # claims prepared in parallel

@@ -122,7 +122,12 @@ class ClaimPreparer:
         self._nvml = nvml
         self._instances = InstanceRegistry(config.state_dir / "instances")
         self._host = HostLayout(
-            config.dev_root, config.proc_root, config.driver_root, self._driver_version
+            config.dev_root,
+            config.proc_root,
+            config.driver_root,
+            self._driver_version,
+            host_driver_root=config.host_driver_root,
+            nvidia_proc_dir=config.nvidia_proc_dir,
         )
         self._cdi = CdiSpecs(
             config.cdi_root, config.driver_name, self._host, owner=self._instances.id

@@ -23,7 +23,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ..k8s import RESOURCE_GROUP, RESOURCE_VERSION
+from ..k8s import RESOURCE_GROUP, RESOURCE_VERSION, parse_server_version
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,11 @@ class SliceApi:
 
     def delete_collection(self, field_selector: str) -> None:
         self._call("DELETE", SLICES_PATH, [("fieldSelector", field_selector)])
+
+    def server_version(self) -> tuple[int, int] | None:
+        """The API server's (major, minor) from /version; None if it does not say."""
+        doc = self._call("GET", "/version")
+        return parse_server_version(doc) if isinstance(doc, dict) else None
 
     def get_node(self, name: str) -> dict[str, Any] | None:
         """The Node object, or None if no such Node exists."""

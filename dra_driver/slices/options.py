@@ -10,6 +10,22 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class TaintPolicy:
+    """Which health verdicts get which taint effect (see slices/taints.py apply_taint_policy).
+
+    evict: reasons ("gpu-lost", "xid-79", "reset-required", ...) or recovery
+    classes ("gpu-reset", "node-reboot", ...) whose Unhealthy devices get
+    NoExecute, so the pods using them are evicted; "all" for every Unhealthy
+    device. Everything else Unhealthy stays NoSchedule.
+    informational_degraded: Degraded devices carry an effect-None taint saying
+    what is degraded, where the API server knows that effect (1.35+).
+    """
+
+    evict: frozenset[str] = frozenset()
+    informational_degraded: bool = True
+
+
+@dataclass(frozen=True)
 class PublisherConfig:
     """Timings are production values; tests shorten them."""
 
@@ -25,3 +41,4 @@ class PublisherConfig:
     # its state (an etcd restore) sends no DELETED events, and the watch cache would
     # keep believing in slices that are gone.
     resync_interval: float = 300.0
+    taint_policy: TaintPolicy = TaintPolicy()

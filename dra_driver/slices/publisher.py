@@ -42,7 +42,7 @@ from .builder import DesiredPool, build_pool
 from .cache import SliceCache, name_of, rv_of, uid_of
 from .options import PublisherConfig
 from .plan import Plan, fingerprint, normalize_spec, plan_pool
-from .taints import health_taints
+from .taints import apply_taint_policy, effect_none_supported, health_taints
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,9 @@ class SlicePublisher:
         self._node_uid: str | None = None
         self._node_checked = False
         self._watch_executor = ThreadPoolExecutor(1, thread_name_prefix="slice-watch")
+        # Asked once (the first answer counts): which taint effects the server knows.
+        self.server_version: tuple[int, int] | None = None
+        self._version_asked = False
 
     # -- interface -----------------------------------------------------------------------
 
@@ -197,11 +200,14 @@ class SlicePublisher:
         if self._desired is None:
             return None
         inventory, health = self._desired
-        return build_pool(
-            inventory,
+        taints = apply_taint_policy(
             health_taints(health, self._driver),
-            partitionable=self._config.partitionable_devices,
+            health,
+            self._driver,
+            self._config.taint_policy,
+            self.server_version,
         )
+        return build_pool(inventory, taints, partitionable=self._config.partitionable_devices)
 
     # -- reconcile -----------------------------------------------------------------------
 
@@ -247,7 +253,31 @@ class SlicePublisher:
                 self._backoff.reset()
                 self._retry_at = 0.0
 
+    async def _ask_version(self) -> None:
+        """Once, before the first write: /version decides whether effect None is valid.
+
+        Unreachable: asked again next pass. An error answer, or a version
+        before 1.35: today's taints, without the informational ones.
+        """
+        if self._version_asked:
+            return
+        try:
+            self.server_version = await asyncio.to_thread(self._slices.server_version)
+        except ApiUnreachable:
+            return
+        except ApiError as e:
+            log.warning("GET /version failed (%s); Degraded devices get no taint", e)
+        self._version_asked = True
+        log.info(
+            "API server version %s: %s",
+            ".".join(map(str, self.server_version)) if self.server_version else "unknown",
+            "Degraded devices carry an effect-None taint"
+            if effect_none_supported(self.server_version)
+            else "no effect-None taints (needs 1.35+)",
+        )
+
     async def _reconcile(self) -> None:
+        await self._ask_version()
         # Building and diffing a big node takes milliseconds of CPU: keep it off the loop.
         pool = await asyncio.to_thread(self.desired_pool)
         if pool is None:

@@ -10,6 +10,7 @@ dra_driver.testing`` stays cheap (no gRPC, no kubernetes client).
 - ``SimHost``, ``populate_host``, ``build_host``: a simulated host tree
   (``simhost``; also ``python -m dra_driver.testing.simhost``);
 - ``claim_object``, ``claim_uid``: ResourceClaims as the API returns them;
+  ``MemoryClaimSource``: claims held in memory, for the preparer (``claims``);
 - ``gpu_record``, ``mig_record``, ``mig_profile``, ``snapshot``,
   ``node_snapshot``, ``make_inventory``: NVML records (``records``);
 - ``ApiServerDouble``: kube-apiserver for resource.k8s.io (``apiserver``);
@@ -27,6 +28,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ApiServerDouble": ("apiserver", "ApiServerDouble"),
     "DraClient": ("kubelet", "DraClient"),
     "FakeNode": ("fakenvml", "FakeNode"),
+    "MemoryClaimSource": ("claims", "MemoryClaimSource"),
     "FakeNvmlError": ("fakenvml", "FakeNvmlError"),
     "FaultInjector": ("fakenvml", "FaultInjector"),
     "PluginExited": ("plugin", "PluginExited"),
@@ -56,6 +58,7 @@ __all__ = [
     "FakeNode",
     "FakeNvmlError",
     "FaultInjector",
+    "MemoryClaimSource",
     "PluginExited",
     "PluginProcess",
     "PluginRegistration",
@@ -79,6 +82,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .apiserver import ApiServerDouble
+    from .claims import MemoryClaimSource
     from .fakenvml import FakeNode, FakeNvmlError, FaultInjector, library_path, load_topology
     from .kubelet import DraClient, PluginRegistration, register, wait_for_socket
     from .plugin import PluginExited, PluginProcess

@@ -543,6 +543,43 @@ class FaultInjector:
             record["gpu"] = self._gpu(gpu).uuid
         self._append(record)
 
+    # Operator actions, not faults: a static MIG re-layout on a GPU in MIG mode, as
+    # `nvidia-smi mig -dci -dgi -gi N` / `nvidia-smi mig -cgi P -C` make it. Every
+    # process on the topology sees the new layout at its next NVML call; a
+    # re-layout the GPU cannot take (no room, no such instance) is logged by the
+    # library and changes nothing.
+
+    def mig_destroy(self, gpu: int, gi: int) -> None:
+        """Destroy the MIG device (GPU instance gi and its compute instance)."""
+        if gi < 0:
+            raise FakeNvmlError("a GPU instance id is a non-negative number")
+        self._append({"kind": "mig_destroy", "gpu": self._gpu(gpu).uuid, "gi": gi})
+
+    def mig_create(
+        self,
+        gpu: int,
+        profile_id: int,
+        placement_start: int | None = None,
+        gi: int | None = None,
+        uuid: str | None = None,
+    ) -> None:
+        """Create a MIG device of GPU instance profile profile_id (placement, GI id and UUID
+        chosen by the library when not given: first free placement, smallest free GI id)."""
+        record: dict[str, Any] = {
+            "kind": "mig_create",
+            "gpu": self._gpu(gpu).uuid,
+            "profile_id": profile_id,
+        }
+        if placement_start is not None:
+            record["placement_start"] = placement_start
+        if gi is not None:
+            record["gi"] = gi
+        if uuid is not None:
+            if not uuid.startswith("MIG-"):
+                raise FakeNvmlError("a MIG UUID starts with 'MIG-'")
+            record["uuid"] = uuid
+        self._append(record)
+
 
 @dataclass
 class FakeNode:

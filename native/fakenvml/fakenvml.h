@@ -124,6 +124,8 @@ typedef struct fake_gpu {
     fake_profile profiles[FAKE_MAX_PROFILES];
     int mig_count;
     fake_mig migs[FAKE_MAX_MIG_PER_GPU];
+    int topo_mig_count; /* the topology's layout, restored when the fault log is refolded */
+    fake_mig topo_migs[FAKE_MAX_MIG_PER_GPU];
     /* state */
     fake_health defaults;
     fake_health health;
@@ -153,6 +155,9 @@ typedef enum {
     FAULT_DELAY,           /* ... each take ms longer */
     FAULT_RELEASE,         /* lifts the hangs and delays matching fn / gpu */
     FAULT_RECOVERY_ACTION, /* the GPU's recovery action becomes value (and an event says so) */
+    /* Operator actions, not faults: a static MIG re-layout (nvidia-smi mig -dgi / -cgi). */
+    FAULT_MIG_DESTROY, /* the MIG device with GPU instance gi is destroyed */
+    FAULT_MIG_CREATE,  /* a MIG device of GI profile value is created (at placement, as gi) */
 } fault_kind;
 
 #define FAKE_FN_LEN 64
@@ -173,6 +178,9 @@ typedef struct {
     char fn[FAKE_FN_LEN]; /* hang / delay / release: NVML function name, "" = any */
     unsigned int ms;      /* delay */
     long long action;     /* xid: recovery action it sets (-1: none given) */
+    /* mig_create: placement (FAKE_NO_ID: the first free one), uuid ("" = derived) */
+    unsigned int placement;
+    char uuid[FAKE_STR];
 } fault_record;
 
 /* One active hang or delay (folded from the log). */

@@ -102,6 +102,7 @@ int fake_faults_open(char *err, size_t errlen) {
         g_fault_fd = -1;
         g_fold_off = 0;
         g_record_count = 0;
+        g_stall_count = 0;
         g_gen_map = NULL;
         return 0;
     }
@@ -234,6 +235,85 @@ static void recover_gpu(fake_gpu *g) {
     g->health.compute_mode = mode;
 }
 
+/* --- operator MIG re-layout (mig_destroy / mig_create records) --------------------- */
+
+static int mig_uuid_taken(const char *uuid) {
+    for (int i = 0; i < g_sys.gpu_count; i++)
+        for (int j = 0; j < g_gpus[i].mig_count; j++)
+            if (strcasecmp(g_gpus[i].migs[j].uuid, uuid) == 0) return 1;
+    return 0;
+}
+
+static void mig_destroy(fake_gpu *g, unsigned int gi) {
+    for (int j = 0; j < g->mig_count; j++) {
+        if (g->migs[j].gi_id != gi) continue;
+        memmove(&g->migs[j], &g->migs[j + 1], (size_t)(g->mig_count - j - 1) * sizeof g->migs[0]);
+        g->mig_count--;
+        return;
+    }
+    fake_warn("mig_destroy: GPU %u has no GPU instance %u; nothing destroyed", g->index, gi);
+}
+
+static void mig_create(fake_gpu *g, const fault_record *r) {
+    if (!g->mig_current) {
+        fake_warn("mig_create: GPU %u is not in MIG mode; nothing created", g->index);
+        return;
+    }
+    if ((unsigned int)g->mig_count >= g->max_mig_devices || g->mig_count >= FAKE_MAX_MIG_PER_GPU) {
+        fake_warn("mig_create: GPU %u has no room for another MIG device", g->index);
+        return;
+    }
+    int profile = -1;
+    for (int p = 0; p < g->profile_count; p++)
+        if (g->profiles[p].id == r->value) profile = p;
+    if (profile < 0) {
+        fake_warn("mig_create: GPU %u has no GPU instance profile %u", g->index, r->value);
+        return;
+    }
+    const fake_profile *pr = &g->profiles[profile];
+    unsigned int used = 0;
+    for (int i = 0; i < g->mig_count; i++) {
+        const fake_profile *q = &g->profiles[g->migs[i].profile];
+        used |= ((1u << q->placement_size) - 1) << g->migs[i].placement_start;
+    }
+    unsigned int mask = (1u << pr->placement_size) - 1;
+    int start = -1;
+    for (unsigned int k = 0; k < pr->placement_count && start < 0; k++) {
+        unsigned int at = pr->placements[k];
+        if ((r->placement == FAKE_NO_ID || r->placement == at) && !(used & (mask << at)))
+            start = (int)at;
+    }
+    if (start < 0) {
+        fake_warn("mig_create: no free placement for profile %u on GPU %u", r->value, g->index);
+        return;
+    }
+    unsigned int gi = r->gi;
+    if (gi == FAKE_NO_ID) {
+        for (gi = 1; gi <= 64; gi++) {
+            int taken = 0;
+            for (int i = 0; i < g->mig_count; i++) taken |= g->migs[i].gi_id == gi;
+            if (!taken) break;
+        }
+    }
+    for (int i = 0; i < g->mig_count; i++) {
+        if (g->migs[i].gi_id == gi) {
+            fake_warn("mig_create: GPU %u already has GPU instance %u", g->index, gi);
+            return;
+        }
+    }
+    fake_mig m = {.profile = profile, .placement_start = (unsigned int)start, .gi_id = gi};
+    if (r->uuid[0]) {
+        snprintf(m.uuid, sizeof m.uuid, "%s", r->uuid);
+    } else {
+        snprintf(m.uuid, sizeof m.uuid, "MIG-%08x-0000-4000-8000-%012x", g->index + 1, gi);
+    }
+    if (mig_uuid_taken(m.uuid)) {
+        fake_warn("mig_create: MIG uuid %s already exists; nothing created", m.uuid);
+        return;
+    }
+    g->migs[g->mig_count++] = m;
+}
+
 static void apply(const fault_record *r) {
     if (r->kind == FAULT_RECOVER && r->gpu < 0) {
         for (int i = 0; i < g_sys.gpu_count; i++) recover_gpu(&g_gpus[i]);
@@ -278,6 +358,8 @@ static void apply(const fault_record *r) {
         recover_gpu(&g_gpus[r->gpu]);
         stalls_release(r->gpu, NULL);
         break;
+    case FAULT_MIG_DESTROY: mig_destroy(&g_gpus[r->gpu], r->gi); break;
+    case FAULT_MIG_CREATE: mig_create(&g_gpus[r->gpu], r); break;
     }
 }
 
@@ -328,7 +410,9 @@ static int parse_line(const char *line, fault_record *r, char *why, size_t whyle
                  {"hang", FAULT_HANG},
                  {"delay", FAULT_DELAY},
                  {"release", FAULT_RELEASE},
-                 {"recovery_action", FAULT_RECOVERY_ACTION}};
+                 {"recovery_action", FAULT_RECOVERY_ACTION},
+                 {"mig_destroy", FAULT_MIG_DESTROY},
+                 {"mig_create", FAULT_MIG_CREATE}};
     int found = 0;
     for (size_t i = 0; cJSON_IsString(kind) && i < sizeof kinds / sizeof kinds[0]; i++) {
         if (strcmp(kinds[i].name, kind->valuestring) == 0) {
@@ -401,6 +485,28 @@ static int parse_line(const char *line, fault_record *r, char *why, size_t whyle
         snprintf(why, whylen, "a recovery_action needs \"value\"");
         goto out;
     }
+    if (r->kind == FAULT_MIG_DESTROY && r->gi == FAKE_NO_ID) {
+        snprintf(why, whylen, "a mig_destroy needs \"gi\"");
+        goto out;
+    }
+    if (r->kind == FAULT_MIG_CREATE) {
+        unsigned long long placement;
+        const cJSON *uuid = cJSON_GetObjectItemCaseSensitive(o, "uuid");
+        if (cJSON_GetObjectItemCaseSensitive(o, "profile_id") == NULL ||
+            num_field(o, "profile_id", 0, &val) ||
+            num_field(o, "placement_start", FAKE_NO_ID, &placement)) {
+            snprintf(why, whylen, "a mig_create needs a numeric \"profile_id\"");
+            goto out;
+        }
+        if (uuid != NULL && (!cJSON_IsString(uuid) || strncmp(uuid->valuestring, "MIG-", 4) != 0 ||
+                             strlen(uuid->valuestring) >= FAKE_STR)) {
+            snprintf(why, whylen, "\"uuid\" must be a MIG UUID string");
+            goto out;
+        }
+        r->value = (unsigned int)val;
+        r->placement = (unsigned int)placement;
+        if (uuid != NULL) snprintf(r->uuid, sizeof r->uuid, "%s", uuid->valuestring);
+    }
     if (r->kind == FAULT_XID && r->ci != FAKE_NO_ID && r->gi == FAKE_NO_ID) {
         snprintf(why, whylen, "\"ci\" given without \"gi\"");
         goto out;
@@ -430,7 +536,11 @@ static void push_record(const fault_record *r) {
 }
 
 static void reset_state(void) {
-    for (int i = 0; i < g_sys.gpu_count; i++) g_gpus[i].health = g_gpus[i].defaults;
+    for (int i = 0; i < g_sys.gpu_count; i++) {
+        g_gpus[i].health = g_gpus[i].defaults;
+        g_gpus[i].mig_count = g_gpus[i].topo_mig_count;
+        memcpy(g_gpus[i].migs, g_gpus[i].topo_migs, sizeof g_gpus[i].migs);
+    }
     g_stall_count = 0;
     g_record_count = 0;
     g_fold_off = 0;

@@ -457,6 +457,8 @@ static int parse_gpu(const cJSON *gj, const cJSON *models, const char *where, fa
     h->clocks_event_reasons = reasons;
     h->compute_mode = NVML_COMPUTEMODE_DEFAULT;
     g->health = *h;
+    g->topo_mig_count = g->mig_count;
+    memcpy(g->topo_migs, g->migs, sizeof g->migs);
     return 0;
 }
 

@@ -8,6 +8,17 @@ specs live in a temp dir on the real disk, fsyncs included; --tmpfs-cdi puts
 the CDI root on /dev/shm instead, as /var/run/cdi is a tmpfs on real nodes.
 Figures: prepare and unprepare p50/p99 for a one-GPU and an eight-GPU claim,
 and claims/s with 8 concurrent one-GPU claims on different GPUs.
+
+The floor: what the kernel and the disk cost for the durable writes a
+prepare must make, done bare, timed in alternation with the one-GPU prepares
+(one floor after each prepare/unprepare cycle) in the same directories: a new
+file of the CDI spec's size in the CDI root and one of the checkpoint's size
+in the state dir, each open(O_CREAT|O_TRUNC) + write + fsync + rename +
+directory fsync. "serial" does the two one after the other (what a simple
+implementation costs), "overlapped" in two threads at once (what a prepare
+that overlaps its two files, as ours does, could reach at best). Prepare
+p50/p99 are printed as multiples of the floor's p50/p99. Target:
+one-GPU prepare p99 within 2x of the serial floor's p99.
 """
 
 from __future__ import annotations
@@ -19,18 +30,70 @@ import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.options import PreparerConfig
 from dra_driver.prepare.preparer import ClaimPreparer
-from dra_driver.prepare.sources import MemoryClaimSource
 from dra_driver.prepare.types import ClaimRef
 from dra_driver.settings import Settings
-from dra_driver.testing.simhost import claim_object, claim_uid, make_inventory, populate_host
+from dra_driver.testing import (
+    MemoryClaimSource,
+    claim_object,
+    claim_uid,
+    make_inventory,
+    populate_host,
+)
 
 NODE = "bench-node"
 TARGET_P99_MS = 5.0
+TARGET_FLOOR_RATIO = 2.0
+
+
+def bare_durable_write(directory: Path, name: str, data: bytes) -> None:
+    """The floor for one file: new temp file, write, fsync, rename, directory fsync."""
+    tmp = directory / f".{name}.floor-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, directory / name)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Floor:
+    """Times the bare durable writes of a spec-sized and a checkpoint-sized file."""
+
+    def __init__(self, cdi_dir: Path, spec_size: int, state_dir: Path, ckpt_size: int):
+        self.files = (
+            (cdi_dir, "floor-spec.bin", b"s" * spec_size),
+            (state_dir, "floor-checkpoint.bin", b"c" * ckpt_size),
+        )
+        self.pool = ThreadPoolExecutor(2, thread_name_prefix="floor")
+        self.serial: list[float] = []
+        self.overlapped: list[float] = []
+
+    def once(self) -> None:
+        t = time.perf_counter()
+        for d, name, data in self.files:
+            bare_durable_write(d, name, data)
+        self.serial.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for f in [self.pool.submit(bare_durable_write, *args) for args in self.files]:
+            f.result()
+        self.overlapped.append(time.perf_counter() - t)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        for d, name, _ in self.files:
+            (d / name).unlink(missing_ok=True)
 
 
 def load_inventory(tmp: Path) -> tuple[Inventory, str]:
@@ -90,7 +153,11 @@ async def bench(rounds: int, tmpfs_cdi: bool) -> bool:
             source.put(claim_object(uid, f"c{n}", results, pool=NODE))
             return ClaimRef("default", uid, f"c{n}")
 
-        async def cycle(devices: list[str], count: int) -> tuple[list[float], list[float]]:
+        sizes: dict[str, int] = {}
+
+        async def cycle(
+            devices: list[str], count: int, floor: Floor | None = None
+        ) -> tuple[list[float], list[float]]:
             prep_t, unprep_t = [], []
             for _ in range(count):
                 ref = claim(devices)
@@ -98,14 +165,27 @@ async def bench(rounds: int, tmpfs_cdi: bool) -> bool:
                 res = await prep.prepare([ref])
                 prep_t.append(time.perf_counter() - t)
                 assert res[ref.uid].error == "", res[ref.uid].error
+                if not sizes:
+                    sizes["spec"] = prep.cdi.path(ref.uid).stat().st_size
+                    sizes["checkpoint"] = prep.store.path.stat().st_size
                 t = time.perf_counter()
                 un = await prep.unprepare([ref])
                 unprep_t.append(time.perf_counter() - t)
                 assert un[ref.uid].error == ""
+                if floor is not None:
+                    floor.once()
             return prep_t, unprep_t
 
         await cycle(gpus[:1], 20)  # warm caches (inventory, host layout, spare files)
-        one_p, one_u = await cycle(gpus[:1], rounds)
+        floor = Floor(settings.cdi_root, sizes["spec"], settings.state_dir, sizes["checkpoint"])
+        for _ in range(10):
+            floor.once()  # warm-up
+        floor.serial.clear()
+        floor.overlapped.clear()
+        load_before = os.getloadavg()
+        one_p, one_u = await cycle(gpus[:1], rounds, floor)
+        load_after = os.getloadavg()
+        floor.close()
         eight_p, eight_u = await cycle(gpus, max(rounds // 3, 20))
 
         # Throughput: 8 one-GPU claims on different GPUs, prepared concurrently.
@@ -143,7 +223,24 @@ async def bench(rounds: int, tmpfs_cdi: bool) -> bool:
             f"\ntarget: one-GPU prepare p99 < {TARGET_P99_MS} ms -> {p99:.2f} ms "
             f"{'PASS' if ok else 'MISS'} (2 shared cores; fsync of the checkpoint included)"
         )
-        return ok
+        print(
+            f"\nfloor (alternating with the one-GPU cycles; load {load_before[0]:.2f} -> "
+            f"{load_after[0]:.2f}): spec {sizes['spec']} B in the CDI root + checkpoint "
+            f"{sizes['checkpoint']} B in the state dir, each write+fsync+rename+dir fsync"
+        )
+        print(f"{'':<26}{'p50':>9}{'p99':>9}{'prep p50/p50':>14}{'prep p99/p99':>14}")
+        p50 = pct(one_p, 0.5)
+        for label, xs in (("floor, serial", floor.serial), ("floor, overlapped", floor.overlapped)):
+            f50, f99 = pct(xs, 0.5), pct(xs, 0.99)
+            print(f"{label:<26}{f50:>7.2f}ms{f99:>7.2f}ms{p50 / f50:>13.2f}x{p99 / f99:>13.2f}x")
+        print(f"{'one-GPU prepare':<26}{p50:>7.2f}ms{p99:>7.2f}ms")
+        ratio = p99 / pct(floor.serial, 0.99)
+        floor_ok = ratio <= TARGET_FLOOR_RATIO
+        print(
+            f"target: prepare p99 within {TARGET_FLOOR_RATIO:g}x of the serial floor's p99 -> "
+            f"{ratio:.2f}x {'PASS' if floor_ok else 'MISS'}"
+        )
+        return ok and floor_ok
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if cdi_tmp is not None:

@@ -33,8 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import yaml  # noqa: E402
 
-from dra_driver.testing.kubelet import register  # noqa: E402
-from dra_driver.testing.plugin import PluginProcess  # noqa: E402
+from dra_driver.testing import PluginProcess, register  # noqa: E402
 
 TARGET_START_S = 1.5
 TARGET_RSS_MIB = 80.0

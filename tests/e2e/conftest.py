@@ -25,7 +25,7 @@ import pytest
 
 from dra_driver.inventory import Inventory
 from dra_driver.settings import Settings
-from dra_driver.testing.plugin import PluginProcess
+from dra_driver.testing import PluginProcess
 
 __all__ = ["DRIVER_NAME", "NODE_NAME", "PluginFactory", "PluginProcess", "start_plugin"]
 
@@ -42,7 +42,7 @@ def fake_nvml_library() -> str:
         return library_path()
     except Exception as e:
         if os.environ.get("CI"):  # CI installs the package, which builds the library
-            pytest.fail(f"fake NVML not available: {e}")
+            pytest.fail(f"fake NVML not available: {e} (CI is set: it must be installed)")
         pytest.skip(f"fake NVML not available: {e}")
 
 

@@ -85,10 +85,15 @@ def test_demo_runs_a_whole_node_and_cleans_up() -> None:
     assert "XID 48 on GPU 0 GI" in fault and f"behind {MIG}" in fault, fault
     # Exactly the MIG device behind the XID changes on the stream ...
     changed = re.findall(r"^\s+(gpu-\S+)\s+HEALTHY\s+UNHEALTHY\s+(.*)$", fault, re.M)
-    assert changed == [(MIG, "xid-48 (unhealthy): XID 48 (double-bit ECC error)")], fault
+    assert changed == [
+        (MIG, "xid-48 (unhealthy): XID 48 (double-bit ECC error) [needs a GPU reset]")
+    ], fault
     assert "every other device (GPU 0's other MIG devices too) stays Healthy" in fault
     # ... its slice entry gets the taint, and both clear after the recovery.
-    assert f"{MIG} tainted gpu.nvidia.com/xid=48:NoSchedule" in fault, fault
+    assert (
+        f"{MIG} tainted gpu.nvidia.com/xid=48:NoSchedule, "
+        "gpu.nvidia.com/recovery=gpu-reset:NoSchedule" in fault
+    ), fault
     assert re.search(rf"^\s+{MIG} HEALTHY again", fault, re.M), fault
     assert "ResourceSlice: taint removed" in fault, fault
     # The short hold is the demo's; the real default is said next to it.

@@ -19,14 +19,13 @@ from typing import Any
 import pytest
 
 from dra_driver.kubelet.proto import drahealth_v1alpha1_pb2 as health_pb
-from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing import ApiServerDouble, DraClient
 from dra_driver.testing.fakenvml import (
     THROTTLE_REASONS,
     FaultInjector,
     default_fault_log,
     load_topology,
 )
-from dra_driver.testing.kubelet import DraClient
 
 from .conftest import DRIVER_NAME, NODE_NAME, PluginFactory, PluginProcess
 
@@ -171,7 +170,12 @@ async def test_mig_xid_reaches_the_stream_and_the_slice_then_recovers(
     assert latency < 2
 
     wait_until(lambda: target in node.taints(), 5, "the slice taint")
-    assert node.taints() == {target: [(XID_TAINT_KEY, "48", "NoSchedule")]}
+    assert node.taints() == {
+        target: [
+            (XID_TAINT_KEY, "48", "NoSchedule"),
+            ("gpu.nvidia.com/recovery", "gpu-reset", "NoSchedule"),  # XID 48's catalogue class
+        ]
+    }
 
     node.faults.recover(0)
     await watch.until(lambda h: healthy(h), HOLD + 5, "recovery after the hold")
@@ -198,7 +202,11 @@ async def test_lost_gpu_hits_its_devices_only_and_comes_back(
     # The driver reports XID 79 ("fallen off the bus") before the GPU stops
     # answering, so the first reason, and the taint, is usually the XID.
     lost = {(f"{DRIVER_NAME}/gpu-lost", "", "NoSchedule"), (XID_TAINT_KEY, "79", "NoSchedule")}
-    assert all(len(node.taints()[d]) == 1 and node.taints()[d][0] in lost for d in gpu0)
+    reboot = (f"{DRIVER_NAME}/recovery", "node-reboot", "NoSchedule")  # XID 79: RESTART_BM
+    assert all(
+        len(node.taints()[d]) == 2 and node.taints()[d][0] in lost and node.taints()[d][1] == reboot
+        for d in gpu0
+    ), node.taints()
 
     node.faults.recover(0)
     await watch.until(healthy, HOLD + 5, "GPU 0 back after the hold")

@@ -19,10 +19,8 @@ import pytest
 
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.types import ClaimRef
-from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing import ApiServerDouble, DraClient, claim_object, populate_host, register
 from dra_driver.testing.fakenvml import FaultInjector, default_fault_log, load_topology
-from dra_driver.testing.kubelet import DraClient, register
-from dra_driver.testing.simhost import claim_object, populate_host
 
 from .conftest import DRIVER_NAME, NODE_NAME, PluginFactory, PluginProcess
 

@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 
 from dra_driver.prepare.types import ClaimRef
-from dra_driver.testing.apiserver import ApiServerDouble
-from dra_driver.testing.kubelet import DraClient, register
-from dra_driver.testing.plugin import PluginExited, PluginProcess
-from dra_driver.testing.simhost import claim_object
+from dra_driver.testing import (
+    ApiServerDouble,
+    DraClient,
+    PluginExited,
+    PluginProcess,
+    claim_object,
+    register,
+)
 
 from .conftest import NODE_NAME, fake_nvml_library
 

@@ -25,9 +25,14 @@ import pytest
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.checkpoint import ClaimState, decode
 from dra_driver.prepare.types import ClaimRef
-from dra_driver.testing.apiserver import ApiServerDouble
-from dra_driver.testing.kubelet import DraClient, register
-from dra_driver.testing.simhost import SimHost, claim_object, populate_host
+from dra_driver.testing import (
+    ApiServerDouble,
+    DraClient,
+    SimHost,
+    claim_object,
+    populate_host,
+    register,
+)
 
 from .conftest import NODE_NAME, PluginFactory, PluginProcess
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing import ApiServerDouble
 
 from .conftest import DRIVER_NAME, NODE_NAME, REPO_ROOT, PluginFactory
 

@@ -310,7 +310,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _non_resource(self, method: str, path: str) -> tuple[int, JsonObject | str]:
         double = self.server.double
         docs: dict[str, JsonObject] = {
-            "/version": KUBERNETES_VERSION,
+            "/version": double.version_document(),
             "/api": {
                 "kind": "APIVersions",
                 "versions": ["v1"],
@@ -861,6 +861,20 @@ class ApiServerDouble:
     def is_down(self) -> bool:
         return self._down_mode is not None
 
+    def set_version(self, minor: int) -> None:
+        """Claim to be Kubernetes 1.<minor> in /version, and validate like it where modelled."""
+        self.store.server_minor = minor
+
+    def version_document(self) -> JsonObject:
+        minor = self.store.server_minor
+        return {
+            **KUBERNETES_VERSION,
+            "minor": str(minor),
+            "emulationMinor": str(minor),
+            "minCompatibilityMinor": str(minor - 1),
+            "gitVersion": f"v1.{minor}.0",
+        }
+
     def set_feature_gate(self, gate: str, enabled: bool) -> None:
         """Turn an API server feature gate off to have its fields silently dropped on write."""
         self.store.set_feature_gate(gate, enabled)
@@ -873,6 +887,7 @@ class ApiServerDouble:
         """Back to a healthy 1.36 server: no latency, no failure rules, default gates."""
         self.faults.clear()
         self.store.reset_fields()
+        self.store.server_minor = 36
 
     def reset(self) -> None:
         """Empty store, no faults, empty request log: a fresh server on the same port."""

@@ -329,6 +329,9 @@ class Store:
         self._owned: dict[tuple[str, str, str, str], Owned] = {}
         self._feature_gates: dict[str, bool] = dict(DEFAULT_FEATURE_GATES)
         self._dropped_fields: set[tuple[str, str]] = set()
+        # The minor version this server claims (/version): effect None on device
+        # taints is valid from 1.35; an older server refuses it as unsupported.
+        self.server_minor = 36
 
     # ---- write-time field dropping ---------------------------------------------------
 
@@ -589,6 +592,7 @@ class Store:
                 )
             if current is None:
                 raise errors.not_found(resource.plural, resource.group, name)
+            _check_patched_uid(resource, current, body)
             if patch_type in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
                 if not isinstance(body, dict):
                     raise errors.bad_request("the body of a merge patch must be a JSON object")
@@ -650,6 +654,7 @@ class Store:
             if not dry_run:
                 self._owned[owner_key] = owned
             return created
+        _check_patched_uid(resource, current, applied)
         merged = apply_merge(current, applied, (), owned)
         result = self._commit(resource, current, merged, subresource, dry_run)
         if not dry_run:
@@ -777,6 +782,8 @@ class Store:
 
     def _validate(self, resource: ResourceType, obj: JsonObject, old: JsonObject | None) -> None:
         causes = resource.validate(obj, old)
+        if resource.plural == "resourceslices" and self.server_minor < 35:
+            causes = causes + _pre_135_taint_effects(obj)
         if causes:
             raise errors.invalid(resource.kind, resource.group, _meta(obj, "name"), causes)
 
@@ -918,3 +925,42 @@ __all__ = [
     "WatchClose",
     "Watcher",
 ]
+
+
+def _check_patched_uid(resource: ResourceType, current: JsonObject, body: Any) -> None:
+    """A patch naming another UID is refused: metadata.uid is immutable (ValidateObjectMetaUpdate).
+
+    Appliers use this as a precondition, so a claim deleted and re-created under
+    the same name is never written with the old one's state.
+    """
+    meta = body.get("metadata") if isinstance(body, dict) else None
+    uid = meta.get("uid") if isinstance(meta, dict) else None
+    if uid and uid != current["metadata"].get("uid"):
+        raise errors.invalid(
+            resource.kind,
+            resource.group,
+            _meta(current, "name"),
+            [
+                Cause(
+                    "FieldValueInvalid",
+                    f'Invalid value: "{uid}": field is immutable',
+                    "metadata.uid",
+                )
+            ],
+        )
+
+
+def _pre_135_taint_effects(obj: JsonObject) -> list[Cause]:
+    """Before 1.35 the device taint effects are NoSchedule and NoExecute only."""
+    causes = []
+    for i, dev in enumerate((obj.get("spec") or {}).get("devices") or ()):
+        for j, taint in enumerate((dev or {}).get("taints") or () if isinstance(dev, dict) else ()):
+            if isinstance(taint, dict) and taint.get("effect") == "None":
+                causes.append(
+                    Cause(
+                        "FieldValueNotSupported",
+                        'Unsupported value: "None": supported values: "NoExecute", "NoSchedule"',
+                        f"spec.devices[{i}].taints[{j}].effect",
+                    )
+                )
+    return causes

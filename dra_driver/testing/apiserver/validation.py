@@ -784,6 +784,7 @@ def _validate_claim_status(errs: Errors, status: JsonObject) -> None:
             for key_name in ("type", "status", "lastTransitionTime", "reason"):
                 if not cond.get(key_name):
                     errs.required(f"{cpath}.{key_name}")
+            _validate_condition_text(errs, cpath, cond)
             if cond.get("status") and cond["status"] not in ("True", "False", "Unknown"):
                 errs.not_supported(f"{cpath}.status", cond["status"], ("True", "False", "Unknown"))
         data = dev.get("data")
@@ -807,6 +808,33 @@ def _validate_claim_status(errs: Errors, status: JsonObject) -> None:
             errs.too_many(f"{dpath}.networkData.ips", len(ips), NETWORK_DEVICE_DATA_MAX_IPS)
         if len(set(map(str, ips))) != len(ips):
             errs.invalid(f"{dpath}.networkData.ips", ips, "must not contain duplicates")
+
+
+# metav1validation.ValidateConditions: what a metav1.Condition's fields may hold.
+CONDITION_REASON_RE = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+CONDITION_REASON_MAX_LENGTH = 1024
+CONDITION_MESSAGE_MAX_LENGTH = 32768
+
+
+def _validate_condition_text(errs: Errors, path: str, cond: JsonObject) -> None:
+    type_ = cond.get("type")
+    if type_ and (not isinstance(type_, str) or not valid_label_key(type_)):
+        errs.invalid(f"{path}.type", type_, "must be a qualified name")
+    reason = cond.get("reason")
+    if reason:
+        if not isinstance(reason, str) or not CONDITION_REASON_RE.match(reason):
+            errs.invalid(
+                f"{path}.reason",
+                reason,
+                "a condition reason must start with alphabetic character, optionally followed "
+                "by a string of alphanumeric characters or '_,:', and must end with an "
+                "alphanumeric character or '_'",
+            )
+        elif len(reason) > CONDITION_REASON_MAX_LENGTH:
+            errs.too_long(f"{path}.reason", CONDITION_REASON_MAX_LENGTH)
+    message = cond.get("message")
+    if isinstance(message, str) and len(message) > CONDITION_MESSAGE_MAX_LENGTH:
+        errs.too_long(f"{path}.message", CONDITION_MESSAGE_MAX_LENGTH)
 
 
 def validate_resource_claim(obj: JsonObject, old: JsonObject | None) -> list[Cause]:
