@@ -13,7 +13,7 @@ hung: the real `dra-driver run` process against the API server double. After
   longer than any deadline) and --outstanding prepares of new claims are sent;
   then a cached re-prepare and an unprepare are timed, and one uncached prepare
   with a 10 s deadline shows what the kubelet gets back.
-The design target is 100 ms for an unrelated answer (DESIGN.md).
+The target: an unrelated answer within 100 ms.
 """
 
 from __future__ import annotations
