@@ -35,7 +35,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, memory
 from .health.board import Health, HealthBoard
 from .heartbeat import FILE_NAME as HEARTBEAT_FILE
 from .heartbeat import Heartbeat
@@ -89,6 +89,7 @@ def run(settings: Settings) -> int:
         for p in problems:
             log.error("%s; shorten --plugins-dir/--registry-dir or the driver name", p)
         return EXIT_USAGE
+    memory.limit_arenas()  # before any thread starts
     app = App(settings)
     code = asyncio.run(app.main())
     if app.nvml_calls_in_flight():
@@ -227,6 +228,7 @@ class App:
                 await asyncio.to_thread(claim_path, path)
             except (SocketPathError, SocketInUseError) as e:
                 raise StartupError(str(e)) from e
+        self._spawn(memory.trim_periodically(), "malloc-trim")
         if s.metrics_address:
             self.metrics = await asyncio.to_thread(self._serve_metrics)
 

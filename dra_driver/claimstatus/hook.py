@@ -10,7 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from ..prepare.types import ClaimRef, Preparer, PrepareResult, UnprepareResult
+from ..prepare.types import (
+    AnswersFromCheckpoint,
+    ClaimRef,
+    Preparer,
+    PrepareResult,
+    UnprepareResult,
+)
 from .writer import ClaimStatusWriter
 
 log = logging.getLogger(__name__)
@@ -23,8 +29,22 @@ class StatusReportingPreparer:
         self._inner = inner
         self._writer = writer
 
+    async def prepared(self, claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
+        """The inner preparer's checkpoint answers (AnswersFromCheckpoint), reported alike.
+
+        Without this, wrapping would hide the fast path, and a cached re-prepare
+        would queue behind calls waiting on a hung API server.
+        """
+        if not isinstance(self._inner, AnswersFromCheckpoint):
+            return {}
+        return self._report(claims, await self._inner.prepared(claims))
+
     async def prepare(self, claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
-        results = await self._inner.prepare(claims)
+        return self._report(claims, await self._inner.prepare(claims))
+
+    def _report(
+        self, claims: Sequence[ClaimRef], results: dict[str, PrepareResult]
+    ) -> dict[str, PrepareResult]:
         refs = {c.uid: c for c in claims}
         for uid, result in results.items():
             ref = refs.get(uid)

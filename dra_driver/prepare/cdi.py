@@ -341,8 +341,12 @@ class StagedSpec:
     """A spec written and fsynced under a temp name, not yet visible to runtimes."""
 
     uid: str
-    temp: Path
+    temp_name: str  # a plain string: pathlib would intern every new hidden name
     final: Path
+
+    @property
+    def temp(self) -> Path:
+        return Path(self.temp_name)
 
 
 class CdiSpecs:
@@ -409,12 +413,12 @@ class CdiSpecs:
         return StagedSpec(uid, temp, final)
 
     def commit(self, staged: StagedSpec, sync_dir: bool = True) -> None:
-        self.files.commit(staged.temp, staged.final)
+        self.files.commit(staged.temp_name, staged.final)
         if sync_dir:
             fsync_dir(self.root)
 
     def abort(self, staged: StagedSpec) -> None:
-        self.files.discard(staged.temp)
+        self.files.discard(staged.temp_name)
 
     def write(self, uid: str, spec: Mapping[str, Any]) -> Path:
         staged = self.stage(uid, spec)

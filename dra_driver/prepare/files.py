@@ -151,8 +151,11 @@ class Recycler:
             except OSError as e:
                 log.warning("cannot remove %s: %s", name, e)
 
-    def write_temp(self, data: bytes, durable: bool = True) -> Path:
-        """data in a hidden file (a recycled spare when one exists), fsynced if durable."""
+    def write_temp(self, data: bytes, durable: bool = True) -> str:
+        """data in a hidden file (a recycled spare when one exists), fsynced if durable.
+
+        Returns the file's path as a string (see the class docstring).
+        """
         with self._lock:
             spare = self._spares.pop() if self._spares else None
         opened = self._open_ours(spare) if spare is not None else None
@@ -180,9 +183,9 @@ class Recycler:
             self._forget(st)
             raise
         os.close(fd)
-        return Path(name)
+        return name
 
-    def commit(self, temp: Path, final: Path) -> None:
+    def commit(self, temp: str | Path, final: Path) -> None:
         """Rename temp over final; final's old inode becomes a spare if it is ours."""
         spare: str | None = None
         try:
@@ -209,7 +212,7 @@ class Recycler:
         elif st is not None:
             self._forget(st)
 
-    def discard(self, temp: Path) -> None:
+    def discard(self, temp: str | Path) -> None:
         """Give back a temp file that will not be committed."""
         name = os.fspath(temp)
         if os.path.lexists(name):

@@ -13,7 +13,7 @@ hung: the real `dra-driver run` process against the API server double. After
   longer than any deadline) and --outstanding prepares of new claims are sent;
   then a cached re-prepare and an unprepare are timed, and one uncached prepare
   with a 10 s deadline shows what the kubelet gets back.
-The design target is 100 ms for an unrelated answer (DESIGN.md).
+The target: an unrelated answer within 100 ms.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from dra_driver.kubelet.server import SocketServer
 from dra_driver.kubelet.stubs import add_dra_v1
 from dra_driver.prepare.options import PreparerConfig
 from dra_driver.prepare.preparer import ClaimPreparer
-from dra_driver.prepare.sources import MemoryClaimSource
 from dra_driver.prepare.types import ClaimRef
 from dra_driver.testing.apiserver import ApiServerDouble
+from dra_driver.testing.claims import MemoryClaimSource
 from dra_driver.testing.kubelet import DraClient
 from dra_driver.testing.plugin import PluginProcess
 from dra_driver.testing.simhost import claim_object, claim_uid, make_inventory, populate_host

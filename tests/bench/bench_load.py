@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from dra_driver.inventory import DeviceType, Inventory
 from dra_driver.prepare.types import ClaimRef
 from dra_driver.settings import Settings
@@ -93,7 +95,11 @@ async def client_loop(
     async with DraClient(endpoint) as client:
         while loop.time() < stop_at:
             t0 = time.perf_counter()
-            resp = await client.prepare([ref], timeout=45)
+            try:
+                resp = await client.prepare([ref], timeout=45)
+            except grpc.aio.AioRpcError as e:
+                stats.errors.append(f"prepare: gRPC {e.code()}")
+                continue
             t1 = time.perf_counter()
             err = resp.claims[ref.uid].error
             if err:
@@ -101,7 +107,11 @@ async def client_loop(
             if cached_only:
                 stats.prepare.append(t1 - t0)
                 continue
-            resp = await client.unprepare([ref], timeout=45)
+            try:
+                resp = await client.unprepare([ref], timeout=45)
+            except grpc.aio.AioRpcError as e:
+                stats.errors.append(f"unprepare: gRPC {e.code()}")
+                continue
             t2 = time.perf_counter()
             if resp.claims[ref.uid].error:
                 stats.errors.append(f"unprepare: {resp.claims[ref.uid].error}")

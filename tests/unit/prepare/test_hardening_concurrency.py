@@ -26,6 +26,7 @@ from dra_driver.kubelet.dra import ClaimCalls, DRAPluginV1
 from dra_driver.kubelet.server import SocketServer
 from dra_driver.kubelet.stubs import add_dra_v1
 from dra_driver.prepare.preparer import ClaimPreparer
+from dra_driver.prepare.types import ClaimRef
 from dra_driver.testing import MemoryClaimSource
 from dra_driver.testing.kubelet import DraClient
 
@@ -131,3 +132,38 @@ async def test_api_read_ends_at_the_kubelet_deadline_with_a_per_claim_error(
     error = resp.claims[ref.uid].error
     assert "API server" in error and "deadline" in error, error
     assert took < 2.0
+
+
+class RecordingWriter:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def prepared(self, ref: ClaimRef, devices: Any) -> None:
+        self.seen.append(ref.uid)
+
+    def unprepared(self, ref: ClaimRef) -> None:
+        pass
+
+
+async def test_the_claim_status_wrapper_keeps_the_checkpoint_fast_path(
+    node: Node, gated: tuple[ClaimPreparer, GatedSource]
+) -> None:
+    from dra_driver.claimstatus.hook import StatusReportingPreparer
+    from dra_driver.prepare.types import AnswersFromCheckpoint
+
+    prep, source = gated
+    writer = RecordingWriter()
+    wrapped = StatusReportingPreparer(prep, writer)  # type: ignore[arg-type]
+    assert isinstance(wrapped, AnswersFromCheckpoint)
+    calls = ClaimCalls(wrapped, max_concurrent=1)
+    done = node.put(1, {"request": "gpu", "device": "gpu-1"})
+    assert (await calls.prepare([done]))[done.uid].error == ""
+    source.hung = True
+    blocked = asyncio.ensure_future(
+        calls.prepare([node.put(2, {"request": "gpu", "device": "gpu-2"})])
+    )
+    await asyncio.sleep(0.2)  # the only slot is taken by a call waiting on the API
+    again = (await asyncio.wait_for(calls.prepare([done]), 2))[done.uid]
+    assert again.error == "" and writer.seen == [done.uid, done.uid]
+    source.release.set()
+    await blocked
