@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from ..inventory import Gpu, Inventory
+from ..inventory import Device, Gpu, Inventory
 from ..nvml.deadline import DEFAULT_DEADLINE, GpuWorkers
 from ..nvml.errors import ERROR_GPU_IS_LOST, SUCCESS, NvmlError, NvmlGpuLostError
 from ..nvml.types import (
@@ -241,12 +241,27 @@ class HealthMonitor:
 
         def run() -> None:
             try:
-                future.set_result(fn())
+                result = fn()
             except BaseException as e:
-                future.set_exception(e)
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(e)  # unless its caller gave up
+            else:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_result(result)
 
         threading.Thread(target=run, name=f"nvml-{what}", daemon=True).start()
-        return await asyncio.wrap_future(future)
+        limit = 2 * self.config.deadline
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), limit)
+        except TimeoutError:
+            log.error(
+                "NVML has not answered %s within %gs: devices are checked by polling only",
+                what,
+                limit,
+            )
+            for gpu in self._inventory.gpus:
+                self._unmonitored(gpu.uuid, gpu.index, f"{what} did not answer")
+            return False
 
     async def stop(self) -> None:
         """Stop the producers; returns within about one wait timeout, even with NVML hung."""
@@ -271,6 +286,25 @@ class HealthMonitor:
                 )
         if self._own_workers:
             self.workers.shutdown()
+
+    def mig_created(self, device: Device) -> None:
+        """Follow a MIG device created at prepare (dynamic MIG): Healthy, and its events hit it."""
+        if device.mig is None or device.parent_uuid is None:
+            return
+        with self._lock:
+            self.policy.add_mig(
+                device.parent_uuid,
+                device.name,
+                device.mig.gpu_instance_id,
+                device.mig.compute_instance_id,
+            )
+            self._board.add_device(device.name)
+
+    def mig_destroyed(self, device_name: str, gpu_uuid: str) -> None:
+        """Follow a MIG device destroyed at unprepare: it leaves the policy and the board."""
+        with self._lock:
+            self.policy.remove_mig(gpu_uuid, device_name)
+            self._board.remove_device(device_name)
 
     def conditions(self, device: str) -> list[Condition]:
         """A device's active conditions (consistent: taken under the writers' lock)."""

@@ -32,13 +32,14 @@ class PublisherConfig:
     driver_name: str
     node_name: str  # also the pool's name
     partitionable_devices: bool = False  # KEP-4815 counter sets + abstract MIG devices
+    dynamic_mig: bool = False  # MIG-mode GPUs: every (profile, placement), created at prepare
     debounce: float = 0.2  # coalesce desired-state changes and watch events this long
     backoff_initial: float = 0.5
     backoff_max: float = 10.0
     request_timeout: float = 10.0
     watch_timeout: int = 300  # seconds a watch runs before the server ends it
-    taint_policy: TaintPolicy = TaintPolicy()
     # Relist and compare this often (jittered by +-20%; 0: never): a server that lost
     # its state (an etcd restore) sends no DELETED events, and the watch cache would
     # keep believing in slices that are gone.
     resync_interval: float = 300.0
+    taint_policy: TaintPolicy = TaintPolicy()

@@ -388,8 +388,6 @@ class Clusters:
             "1",
             "--health-resend-interval",
             "5",
-            "--log-level",
-            "DEBUG",
         )
         c.wait_slices()
         return c

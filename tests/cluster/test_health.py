@@ -80,15 +80,20 @@ def mig_location(device: str) -> tuple[int, int, int]:
     raise AssertionError(f"{device} is not in topology {TOPOLOGY}")
 
 
-def health_by_request(p: Any) -> dict[str, str]:
-    """request name -> health, from the container's allocatedResourcesStatus."""
+def health_by_device(p: Any, devices: list[str]) -> dict[str, str]:
+    """device name -> health, from the containers' allocatedResourcesStatus.
+
+    Entries are named claim:<pod claim>[/<request>]; each resource is identified by
+    the first CDI id the plugin returned for the device (`<kind>=<claim uid>-<device>`)
+    or else `<driver>/<pool>/<device>`.
+    """
     out: dict[str, str] = {}
     for cs in p.status.container_statuses or []:
         for entry in cs.allocated_resources_status or []:
-            # name: claim:<pod claim name>/<request>
-            request = entry.name.rsplit("/", 1)[-1]
             for r in entry.resources or []:
-                out[request] = r.health
+                for d in devices:
+                    if r.resource_id.endswith(("-" + d, "/" + d)):
+                        out[d] = r.health
     return out
 
 
@@ -106,38 +111,43 @@ def test_xid_on_one_mig_device_reaches_pod_status(clusters: Clusters, version: s
         body = pod(cluster.env.get("TEST_IMAGE", "docker.io/dra-driver-gpu/busybox:test"))
         core.create_namespaced_pod(ns, body)
 
-        def healthy() -> dict[str, str] | None:
+        def running() -> Any:
             p = core.read_namespaced_pod_status("health", ns)
-            h = health_by_request(p)
-            return (
-                h
-                if p.status.phase == "Running" and h == {"mig-a": "Healthy", "mig-b": "Healthy"}
-                else None
-            )
+            return p if p.status.phase == "Running" else None
 
-        wait_for(f"{ns}/health Running with both devices Healthy", healthy, 120, 0.5)
+        wait_for(f"{ns}/health Running", running, 120, 0.5)
         results = cluster.claim(ns, "two-migs")["status"]["allocation"]["devices"]["results"]
         device = {r["request"]: r["device"] for r in results}
-        gpu, gi, ci = mig_location(device["mig-a"])
+        sick_dev, other = device["mig-a"], device["mig-b"]
+        both = [sick_dev, other]
+
+        def healthy() -> dict[str, str] | None:
+            h = health_by_device(core.read_namespaced_pod_status("health", ns), both)
+            return h if h == {sick_dev: "Healthy", other: "Healthy"} else None
+
+        wait_for("both devices Healthy in the pod's status", healthy, 60, 0.5)
+        gpu, gi, ci = mig_location(sick_dev)
 
         t0 = time.monotonic()
         cluster.inject("xid", "--gpu", str(gpu), "--xid", "79", "--gi", str(gi), "--ci", str(ci))
+        written = cluster.faults.stat().st_mtime  # when the command appended the fault
 
         def sick() -> dict[str, str] | None:
-            h = health_by_request(core.read_namespaced_pod_status("health", ns))
-            return h if h.get("mig-a") == "Unhealthy" else None
+            h = health_by_device(core.read_namespaced_pod_status("health", ns), both)
+            return h if h.get(sick_dev) == "Unhealthy" else None
 
-        seen = wait_for("mig-a Unhealthy in pod status", sick, 60, 0.05)
-        latency = time.monotonic() - t0
-        assert seen == {"mig-a": "Unhealthy", "mig-b": "Healthy"}, seen
+        seen = wait_for(f"{sick_dev} Unhealthy in the pod's status", sick, 60, 0.05)
+        latency, from_write = time.monotonic() - t0, time.time() - written
+        assert seen == {sick_dev: "Unhealthy", other: "Healthy"}, seen
 
         t1 = time.monotonic()
-        wait_for("mig-a Healthy again after the hold", healthy, HEALTH_HOLD + 60, 0.1)
+        wait_for(f"{sick_dev} Healthy again after the hold", healthy, HEALTH_HOLD + 60, 0.1)
         recovery = time.monotonic() - t1
         SUMMARY.append(
             f"health (kubelet {cluster.env.get('KUBE_VERSION', version)}): XID 79 on "
-            f"{device['mig-a']} -> pod status Unhealthy in {latency:.2f}s (other device "
-            f"{device['mig-b']} Healthy); Healthy again {recovery:.1f}s later "
+            f"{sick_dev} -> pod status Unhealthy {latency:.2f}s after starting the inject "
+            f"command, {from_write:.2f}s after it wrote the fault (50 ms polls; other device "
+            f"{other} Healthy); Healthy again {recovery:.1f}s later "
             f"(--health-hold {HEALTH_HOLD:g})"
         )
     finally:

@@ -15,6 +15,7 @@ in NOT_RUNNABLE and says so in the summary.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -30,39 +31,50 @@ for candidate in (Path(__file__).resolve().parents[2] / "../shared/nvidia-quicks
         QUICKSTART = candidate.resolve()
 
 RUNNABLE = ["gpu-test1", "gpu-test2", "gpu-test3"]
-# manifest -> (why it cannot run here, where the failure shows: a regex over the
-# pods' scheduling messages and events, or None when the API refuses the manifest).
-NOT_RUNNABLE: dict[str, tuple[str, str | None]] = {
+# manifest -> (why it cannot run here, where the failure shows: "api" (the API server
+# refuses part of the manifest) or "pod" (its pods fail), a regex over that message).
+NOT_RUNNABLE: dict[str, tuple[str, str, str]] = {
     "gpu-test4": (
         "topology: needs 2x 1g.5gb + 2g.10gb + 3g.20gb MIG devices (A100-40GB profiles) on one "
         "GPU for each of 4 replicas; no fake topology has them",
-        r"cannot allocate all claims|unschedulable|no.*devices",
+        "pod",
+        r"cannot allocate all claims",
     ),
     "gpu-test5": (
-        "MPS: the ts-gpu/mps-gpu claim needs an MPS control daemon, which this driver does "
-        "not run; NodePrepareResources refuses the MPS config",
-        r"MPS",
+        "sharing: its ts-gpu request asks for time-slice interval Long, which needs "
+        "`nvidia-smi compute-policy --set-timeslice`, and its mps-gpu request for MPS, which "
+        "needs an MPS control daemon; this driver runs neither, so NodePrepareResources "
+        "refuses the claim",
+        "pod",
+        r"time-slice interval Long|MPS",
     ),
     "gpu-test6": (
         "topology + attribute: selects productName ~ a100 and the `index` attribute (0/2/4/6); "
-        "dgx-h100 has no A100 and our slices publish no `index`",
-        r"cannot allocate all claims|unschedulable|no.*devices|index",
+        "dgx-h100 has no A100, and our slices publish no `index` attribute",
+        "pod",
+        r"cannot allocate all claims",
     ),
     "gpu-test-mps": (
         "MPS: sharing strategy MPS needs an MPS control daemon, not implemented",
+        "pod",
         r"MPS",
     ),
     "gpu-test-vfiopci": (
         "VFIO: DeviceClass vfio.gpu.nvidia.com (VFIO passthrough) is not provided",
-        r"vfio|device class|DeviceClass|not found|cannot allocate",
+        "pod",
+        r"vfio\.gpu\.nvidia\.com",
     ),
     "gpu-test-vfio-config": (
-        "VFIO: passthrough config (VfioDeviceConfig) is not implemented",
-        r"vfio|Vfio|device class|DeviceClass|not found|cannot allocate",
+        "VFIO: VfioDeviceConfig passthrough is not implemented; besides, the manifest itself "
+        "puts its Pod in namespace gpu-test-vfiopci, which it does not create",
+        "api",
+        r'namespaces "gpu-test-vfiopci" not found',
     ),
     "imex-test1": (
-        "IMEX: needs the ComputeDomain CRD (resource.nvidia.com) and its controller, not provided",
-        None,
+        "IMEX: its claims use DeviceClass imex.nvidia.com (IMEX channels of NVIDIA's "
+        "ComputeDomain controller), which this driver does not provide",
+        "pod",
+        r"imex\.nvidia\.com",
     ),
 }
 TEST_IMAGE = "docker.io/dra-driver-gpu/busybox:test"
@@ -149,45 +161,73 @@ def _check_sharing(name: str, seen: dict[str, list[str]]) -> None:
 @pytest.mark.parametrize("name", sorted(NOT_RUNNABLE))
 def test_quickstart_not_runnable(plugin_running: Cluster, name: str) -> None:
     from kubernetes.client.exceptions import ApiException
-    from kubernetes.dynamic.exceptions import ResourceNotFoundError
+    from kubernetes.dynamic.exceptions import DynamicApiError
 
     cluster = plugin_running
-    why, evidence = NOT_RUNNABLE[name]
+    why, where, evidence = NOT_RUNNABLE[name]
     docs = load(name)
-    ns = namespace_of(docs)
-    cluster.delete_namespace(ns)
-    try:
-        try:
-            cluster.apply(docs)
-        except (ApiException, ResourceNotFoundError) as e:
-            assert evidence is None, f"{name}: the API refused the manifest: {e}"
-            SUMMARY.append(
-                f"quickstart {name}: not runnable ({why}); API: {str(e).splitlines()[0]}"
-            )
-            return
-        assert evidence is not None, f"{name}: expected the API to refuse it"
-        message = wait_for(
-            f"{name}: a failure matching {evidence!r}",
-            lambda: _failure(cluster, ns, evidence),
-            90,
-            1,
-        )
-        running = [p.metadata.name for p in cluster.pods(ns) if p.status.phase == "Running"]
-        assert not running, f"{name}: {running} Running although expected not to run"
-        SUMMARY.append(f"quickstart {name}: not runnable ({why}); observed: {message[:160]}")
-    finally:
+    namespaces = sorted(namespaces_of(docs))
+    for ns in namespaces:
         cluster.delete_namespace(ns)
+    try:
+        refused = None
+        for doc in docs:
+            try:
+                cluster.apply([doc])
+            except (ApiException, DynamicApiError) as e:
+                refused = f"{doc['kind']} {doc['metadata']['name']}: {_api_message(e)}"
+                break
+        if where == "api":
+            assert refused and re.search(evidence, refused), (
+                f"{name}: expected refusal, got {refused}"
+            )
+            message = refused
+        else:
+            assert refused is None, f"{name}: the API refused the manifest: {refused}"
+            message = wait_for(
+                f"{name}: a failure matching {evidence!r}",
+                lambda: _failure(cluster, namespaces, evidence),
+                90,
+                1,
+            )
+        running = [
+            f"{ns}/{p.metadata.name}"
+            for ns in namespaces
+            for p in cluster.pods(ns)
+            if p.status.phase == "Running"
+        ]
+        assert not running, f"{name}: {running} Running although expected not to run"
+        first = " ".join(message.split())
+        SUMMARY.append(f"quickstart {name}: not runnable ({why}); observed: {first[:200]}")
+    finally:
+        for ns in namespaces:
+            cluster.delete_namespace(ns)
 
 
-def _failure(cluster: Cluster, ns: str, pattern: str) -> str | None:
+def _api_message(e: Exception) -> str:
+    """The Status message of an API error (its body), else the error's text."""
+    body = getattr(e, "body", None)
+    try:
+        return str(json.loads(body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(e)
+
+
+def namespaces_of(docs: list[dict[str, Any]]) -> set[str]:
+    out = {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"}
+    return out | {d["metadata"]["namespace"] for d in docs if d["metadata"].get("namespace")}
+
+
+def _failure(cluster: Cluster, namespaces: list[str], pattern: str) -> str | None:
     texts = []
-    for p in cluster.pods(ns):
-        for cond in p.status.conditions or []:
-            if cond.status == "False" and cond.message:
-                texts.append(cond.message)
-    for e in cluster.core().list_namespaced_event(ns).items:
-        if e.type == "Warning":
-            texts.append(f"{e.reason}: {e.message}")
+    for ns in namespaces:
+        for p in cluster.pods(ns):
+            for cond in p.status.conditions or []:
+                if cond.status == "False" and cond.message:
+                    texts.append(cond.message)
+        for e in cluster.core().list_namespaced_event(ns).items:
+            if e.type == "Warning":
+                texts.append(f"{e.reason}: {e.message}")
     for t in texts:
         if re.search(pattern, t):
             return t

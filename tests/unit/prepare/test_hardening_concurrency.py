@@ -26,7 +26,7 @@ from dra_driver.kubelet.dra import ClaimCalls, DRAPluginV1
 from dra_driver.kubelet.server import SocketServer
 from dra_driver.kubelet.stubs import add_dra_v1
 from dra_driver.prepare.preparer import ClaimPreparer
-from dra_driver.prepare.sources import MemoryClaimSource
+from dra_driver.testing import MemoryClaimSource
 from dra_driver.testing.kubelet import DraClient
 
 

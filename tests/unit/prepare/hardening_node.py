@@ -12,8 +12,9 @@ from dra_driver.health.board import HealthBoard
 from dra_driver.inventory import Inventory
 from dra_driver.prepare.options import PreparerConfig
 from dra_driver.prepare.preparer import ClaimPreparer
-from dra_driver.prepare.sources import ClaimSource, MemoryClaimSource
+from dra_driver.prepare.sources import ClaimSource
 from dra_driver.prepare.types import ClaimRef
+from dra_driver.testing import MemoryClaimSource
 from dra_driver.testing.simhost import (
     SimHost,
     claim_object,
