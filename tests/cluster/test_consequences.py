@@ -169,7 +169,6 @@ def test_xid_79_evicts_the_deployment_pod_and_it_runs_elsewhere(evicting: Cluste
         evict_s = time.monotonic() - t0
         if condition:  # {}: deleted before we looked; the reason is then in the event only
             assert condition["reason"] == "DeletionByDeviceTaintManager", condition
-        seen = healthy_condition(cluster, ns, claim, device)
         replacement = running_pod(cluster, ns, exclude={first.metadata.name})
         moved = time.monotonic() - t0
         (new_device,) = cluster.pod_devices(replacement)["server"]
@@ -225,8 +224,8 @@ def test_xid_79_evicts_the_deployment_pod_and_it_runs_elsewhere(evicting: Cluste
             f"eviction: XID 79 + GPU lost on {device} -> NoExecute taint {tainted:.2f}s, pod "
             f"evicted (DisruptionTarget {condition.get('reason', 'pod already gone')}) "
             f"{evict_s:.2f}s, "
-            f"replacement Running on {new_device} {moved:.1f}s; claim Healthy condition then "
-            f"{seen.get('status')}/{seen.get('reason')}; recovered: untainted {untainted:.1f}s "
+            f"replacement Running on {new_device} {moved:.1f}s; recovered: untainted "
+            f"{untainted:.1f}s "
             "after recover, device allocatable again"
         )
     finally:
@@ -266,4 +265,85 @@ def test_the_job_retries_elsewhere_without_counting_the_eviction(evicting: Clust
             f"{retried:.1f}s; failed count {status.get('failed', 0)} (podFailurePolicy Ignore)"
         )
     finally:
+        cluster.delete_namespace(ns)
+
+
+def test_claim_status_shows_the_device_condition_changing(evicting: Cluster) -> None:
+    """What `kubectl get resourceclaim -o yaml` shows: Ready/Healthy True with the device's
+    UUID, Healthy False with the fault's reason once the GPU is lost, and our entry gone once
+    the evicted pod's claim is unprepared (other fields of the claim untouched)."""
+    cluster, ns = evicting, "claim-status"
+    namespace(cluster, ns)
+    image = cluster.env.get("TEST_IMAGE", "docker.io/dra-driver-gpu/busybox:test")
+    claim = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": "watched", "namespace": ns},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
+            "deviceClassName": "gpu.nvidia.com",
+        }}]}},
+    }  # fmt: skip
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "watched", "namespace": ns},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "resourceClaims": [{"name": "gpu", "resourceClaimName": "watched"}],
+            "containers": [{
+                "name": "c", "image": image, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "sleep 3600"],
+                "resources": {"claims": [{"name": "gpu"}]},
+            }],
+        },
+    }  # fmt: skip
+
+    def ours() -> dict[str, Any]:
+        status = cluster.claim(ns, "watched").get("status") or {}
+        return next((e for e in status.get("devices") or [] if e["driver"] == DRIVER), {})
+
+    try:
+        cluster.apply([claim, pod])
+        running = running_pod(cluster, ns)
+        (device,) = cluster.pod_devices(running)["c"]
+        t0 = time.monotonic()
+        first = wait_for(
+            "Healthy True in the claim's status",
+            lambda: (
+                healthy_condition(cluster, ns, "watched", device).get("status") == "True"
+                and healthy_condition(cluster, ns, "watched", device)
+            ),
+            30,
+        )
+        written = time.monotonic() - t0
+        entry = ours()
+        assert entry["device"] == device and entry["pool"] == cluster.node
+        assert [c["type"] for c in entry["conditions"]] == ["Ready", "Healthy"]
+        assert entry["data"]["uuid"] == cluster.devices()[device]["attributes"]["uuid"]["string"]
+
+        t1 = time.monotonic()
+        cluster.inject("lost", "--gpu", str(gpu_index(cluster, device)))
+        sick = wait_for(
+            "Healthy False in the claim's status",
+            lambda: (
+                healthy_condition(cluster, ns, "watched", device).get("status") == "False"
+                and healthy_condition(cluster, ns, "watched", device)
+            ),
+            30,
+            0.05,
+        )
+        down = time.monotonic() - t1
+        assert sick["reason"] in ("Xid79", "GpuLost"), sick
+        assert sick["lastTransitionTime"] >= first["lastTransitionTime"]
+        # The pod is evicted (NoExecute); its claim is unprepared, and our entry goes with it.
+        wait_for("our entry removed after unprepare", lambda: ours() == {}, 60, 0.1)
+        removed = time.monotonic() - t1
+        assert cluster.claim(ns, "watched")["metadata"]["name"] == "watched"  # the claim stays
+        SUMMARY.append(
+            f"claim status: entry (Ready, Healthy=True, uuid) {written:.2f}s after Running; "
+            f"{device} lost -> Healthy=False/{sick['reason']} {down:.2f}s; entry removed "
+            f"{removed:.1f}s after the fault (pod evicted, claim unprepared)"
+        )
+    finally:
+        cluster.inject("recover")
         cluster.delete_namespace(ns)
