@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy: they cost startup time and memory
     from .health.monitor import HealthMonitor
     from .metrics import Metrics, MetricsServer
     from .nvml.deadline import GpuWorkers, GuardedNvml
+    from .nvml.migops import MigManager
     from .nvml.types import NvmlBackend
     from .prepare.preparer import ClaimPreparer
     from .rescan import Rescanner
@@ -138,6 +139,7 @@ class App:
         self.api: ApiClient | None = None
         self.plugin: KubeletPlugin | None = None
         self.preparer: ClaimPreparer | None = None
+        self.mig_manager: MigManager | None = None
         self.monitor: HealthMonitor | None = None
         self.publisher: SlicePublisher | None = None
         self.claim_status: ClaimStatusWriter | None = None
@@ -255,7 +257,7 @@ class App:
         self.api = self._api_client()
         preparer = await self._preparer(inventory)
         if self.api is not None:
-            self._start_publisher(inventory)
+            self._start_publisher(self._published_inventory(inventory))
             if s.claim_device_status:
                 preparer = self._start_claim_status(preparer, inventory)
         if self.metrics is not None:
@@ -263,6 +265,7 @@ class App:
                 monitor=self.monitor,
                 preparer=self.preparer,
                 publisher=self.publisher,
+                migs=self.preparer.mig_layout if self.preparer is not None else None,
                 claim_status=self.claim_status,
             )
 
@@ -399,8 +402,16 @@ class App:
         from .prepare.sources import ApiClaimSource, NoApiClaimSource
 
         source = ApiClaimSource(self.api) if self.api is not None else NoApiClaimSource()
+        if self.settings.dynamic_mig:
+            self.mig_manager = await asyncio.to_thread(self._open_mig_manager)
         preparer = ClaimPreparer(
-            self.settings.preparer_config(), self._inventory_now, source, self.board, self.guarded
+            self.settings.preparer_config(),
+            self._inventory_now,
+            source,
+            self.board,
+            self.guarded,
+            migs=self.mig_manager,
+            mig_observer=self.monitor,
         )
         self.preparer = preparer
         try:
@@ -408,6 +419,27 @@ class App:
         except Exception as e:
             raise StartupError(f"cannot start claim preparation: {e}") from e
         return preparer
+
+    def _open_mig_manager(self) -> MigManager:
+        """The MIG create/destroy path of --dynamic-mig (blocking: a worker thread)."""
+        from .nvml.migops import GuardedMigManager, open_mig_manager
+
+        s = self.settings
+        try:
+            manager = open_mig_manager(library=s.nvml_library, backend=s.nvml_backend)
+        except Exception as e:
+            raise StartupError(f"--dynamic-mig: cannot open NVML for MIG management: {e}") from e
+        if self.workers is None:
+            return manager
+        return GuardedMigManager(manager, self.workers, s.mig_deadline)
+
+    def _published_inventory(self, inventory: Inventory) -> Inventory:
+        """With --dynamic-mig, MIG devices this driver created stay abstract in the slices."""
+        if not self.settings.dynamic_mig or self.preparer is None:
+            return inventory
+        from .prepare.dynamic import created_uuids, without_created
+
+        return without_created(inventory, created_uuids(self.preparer.checkpointed().values()))
 
     def _start_publisher(self, inventory: Inventory) -> None:
         from .slices.publisher import SlicePublisher
@@ -442,7 +474,8 @@ class App:
         version = board.version
         while True:
             version = await board.wait_changed(version)
-            publisher.set_desired(self._inventory_now(), board.snapshot())
+            inventory = self._published_inventory(self._inventory_now())
+            publisher.set_desired(inventory, board.snapshot())
 
     def _inventory_now(self) -> Inventory:
         """The inventory as last read (re-enumeration replaces it)."""
@@ -491,7 +524,7 @@ class App:
             self.monitor.follow(inventory)
         self._mark_vanished()
         if self.publisher is not None:
-            self.publisher.set_desired(inventory, self.board.snapshot())
+            self.publisher.set_desired(self._published_inventory(inventory), self.board.snapshot())
         if self.metrics is not None:
             self.metrics.watch(inventory=inventory)
 
@@ -543,6 +576,8 @@ class App:
             await self.monitor.stop()  # before the backend closes under its event wait
         if self.preparer is not None:
             await self.preparer.close()
+        if self.mig_manager is not None:
+            await asyncio.to_thread(self.mig_manager.close)
         if self.backend is not None:
             await self._close_nvml()
         if self.api is not None:

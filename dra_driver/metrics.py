@@ -37,7 +37,12 @@ from prometheus_client import (
     disable_created_metrics,
     make_wsgi_app,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from . import __version__
@@ -48,6 +53,7 @@ from .prepare.types import ErrorKind
 
 if TYPE_CHECKING:
     from .health.monitor import MonitorStats
+    from .prepare.dynamic import MigStats
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +118,12 @@ class PreparerView(Protocol):
     """What is read of the ClaimPreparer."""
 
     def prepared_devices(self) -> Mapping[str, int]: ...
+
+
+class MigView(Protocol):
+    """What is read of the dynamic MIG layout (prepare/dynamic.py MigLayout)."""
+
+    def stats(self) -> MigStats: ...
 
 
 class ClaimStatusCounters(Protocol):
@@ -196,6 +208,7 @@ class Metrics:
         self.monitor: MonitorView | None = None
         self.publisher: PublisherView | None = None
         self.preparer: PreparerView | None = None
+        self.migs: MigView | None = None
         self.claim_status: ClaimStatusView | None = None
         r.register(_StateCollector(self))
         if process_collectors:
@@ -211,6 +224,7 @@ class Metrics:
         monitor: MonitorView | None = None,
         publisher: PublisherView | None = None,
         preparer: PreparerView | None = None,
+        migs: MigView | None = None,
         claim_status: ClaimStatusView | None = None,
     ) -> None:
         """Report this state from now on (components come up one by one during startup)."""
@@ -224,6 +238,8 @@ class Metrics:
             self.publisher = publisher
         if preparer is not None:
             self.preparer = preparer
+        if migs is not None:
+            self.migs = migs
         if claim_status is not None:
             self.claim_status = claim_status
 
@@ -267,6 +283,7 @@ class _StateCollector(Collector):
             ("health monitor", self._monitor),
             ("slice publisher", self._publisher),
             ("checkpoint", self._prepared),
+            ("dynamic MIG", self._migs),
             ("claim status writer", self._claim_status),
         )
         for name, section in sections:
@@ -462,6 +479,44 @@ class _StateCollector(Collector):
         for t in sorted({*(t.value for t in DeviceType), *counts}):
             family.add_metric((self._m.node, self._m.driver, t), counts.get(t, 0))
         return [family]
+
+
+    def _migs(self) -> list[Metric]:
+        view = self._m.migs
+        if view is None:
+            return []
+        from .prepare.dynamic import CREATE_BUCKETS
+
+        stats = view.stats()
+        labels = ("node", "driver")
+        key = (self._m.node, self._m.driver)
+        created = CounterMetricFamily(
+            "nvidia_dra_mig_devices_created",
+            "MIG devices this driver created at prepare (dynamic MIG).",
+            labels=labels,
+        )
+        created.add_metric(key, stats.created)
+        destroyed = CounterMetricFamily(
+            "nvidia_dra_mig_devices_destroyed",
+            "MIG devices this driver destroyed (unprepare, rollback, recovery).",
+            labels=labels,
+        )
+        destroyed.add_metric(key, stats.destroyed)
+        failures = CounterMetricFamily(
+            "nvidia_dra_mig_create_failures",
+            "MIG device creations that failed, by NVML error.",
+            labels=(*labels, "error"),
+        )
+        for error, n in sorted(stats.create_failures.items()):
+            failures.add_metric((*key, error), n)
+        seconds = HistogramMetricFamily(
+            "nvidia_dra_mig_create_duration_seconds",
+            "Time to create a MIG device (GPU instance + compute instance).",
+            labels=labels,
+        )
+        buckets = [(repr(b), c) for b, c in zip(CREATE_BUCKETS, stats.create_buckets, strict=True)]
+        seconds.add_metric(key, [*buckets, ("+Inf", stats.created)], stats.create_seconds_sum)
+        return [created, destroyed, failures, seconds]
 
 
 # -- the HTTP endpoint -------------------------------------------------------------------

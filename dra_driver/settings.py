@@ -34,6 +34,7 @@ from .kubelet.options import (
     PluginOptions,
 )
 from .nvml.deadline import DEFAULT_DEADLINE
+from .nvml.migops import DEFAULT_MIG_DEADLINE
 from .prepare.options import DEFAULT_CDI_ROOT, PreparerConfig
 from .slices.options import PublisherConfig, TaintPolicy
 from .slices.taints import EVICT_ALL, evict_word_problem
@@ -83,6 +84,8 @@ class Settings:
     shutdown_grace: float = _PLUGIN_DEFAULTS.shutdown_grace
     log_level: str = "INFO"
     partitionable_devices: bool = False
+    dynamic_mig: bool = False
+    mig_deadline: float = DEFAULT_MIG_DEADLINE  # a MIG create/destroy overrunning this: hung
     metrics_address: str = ""  # HOST:PORT serving Prometheus /metrics; empty: no endpoint
     # The driver root as the host names it, for CDI specs (default: driver_root).
     host_driver_root: Path | None = None
@@ -158,7 +161,8 @@ class Settings:
         return PublisherConfig(
             driver_name=self.driver_name,
             node_name=self.node_name,
-            partitionable_devices=self.partitionable_devices,
+            partitionable_devices=self.partitionable_devices or self.dynamic_mig,
+            dynamic_mig=self.dynamic_mig,
             taint_policy=TaintPolicy(
                 evict=frozenset(self.health_evict),
                 informational_degraded=self.health_degraded_taint,
@@ -179,6 +183,7 @@ class Settings:
             driver_root=self.driver_root,
             host_driver_root=self.host_driver_root_path,
             nvidia_proc_dir=self.nvidia_proc_path,
+            dynamic_mig=self.dynamic_mig,
         )
 
 
@@ -466,6 +471,15 @@ FLAGS: tuple[Flag, ...] = (
          "a counter set per GPU; until dynamic MIG exists, only the MIG devices that exist "
          "(and a full GPU not in MIG mode) are published, as only those can be prepared",
          frozenset({RUN, SLICES}), _SLICES_G, boolean=True),
+    Flag("--dynamic-mig", "DYNAMIC_MIG", parse_bool, _D.dynamic_mig,
+         "dynamic MIG (implies --partitionable-devices): a GPU in MIG mode publishes every "
+         "(profile, placement) and prepare creates the MIG device, unprepare destroys it; "
+         "MIG mode itself is never changed",
+         frozenset({RUN, SLICES}), _SLICES_G, boolean=True),
+    Flag("--mig-deadline", "MIG_DEADLINE", positive_seconds, _D.mig_deadline,
+         "with --dynamic-mig: a MIG device create or destroy that NVML has not finished in "
+         "this long fails the claim (the GPU is taken for hung)",
+         frozenset({RUN}), _SLICES_G, "SECONDS"),
     Flag("--metrics-address", "METRICS_ADDRESS", metrics_address, _D.metrics_address,
          "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:8080 or :8080 "
          "for every interface (NVIDIA's driver calls this --http-endpoint); empty serves none",

@@ -22,11 +22,20 @@ _BEGIN = "/* CDEF BEGIN */"
 _END = "/* CDEF END */"
 
 
+# Each header's marked part joins the cdef; each .c file beside it is compiled
+# in. migmgmt.h/.c (MIG create/destroy) stand apart from fastpath.h/.c.
+_HEADERS = ("fastpath.h", "migmgmt.h")
+_SOURCES = ("fastpath.c", "migmgmt.c")
+
+
 def _cdef_text() -> str:
-    with open(os.path.join(_SRC_DIR, "fastpath.h"), encoding="utf-8") as f:
-        text = f.read()
-    start, end = text.index(_BEGIN) + len(_BEGIN), text.index(_END)
-    return text[start:end]
+    parts = []
+    for header in _HEADERS:
+        with open(os.path.join(_SRC_DIR, header), encoding="utf-8") as f:
+            text = f.read()
+        start, end = text.index(_BEGIN) + len(_BEGIN), text.index(_END)
+        parts.append(text[start:end])
+    return "\n".join(parts)
 
 
 def _rel(path: str) -> str:
@@ -41,8 +50,8 @@ ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
     "dra_driver.nvml._fastpath",
-    '#include "fastpath.h"\n',
-    sources=[_rel(os.path.join(_SRC_DIR, "fastpath.c"))],
+    "".join(f'#include "{header}"\n' for header in _HEADERS),
+    sources=[_rel(os.path.join(_SRC_DIR, source)) for source in _SOURCES],
     include_dirs=[_SRC_DIR, include_dir()],
     libraries=["dl", "pthread"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],

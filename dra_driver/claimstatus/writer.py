@@ -95,6 +95,7 @@ class ClaimStatusWriter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self.enabled = True
+        self._forbidden_logged = False
         self.stats = ClaimStatusStats()
 
     # -- what the preparer tells us (event loop thread; never raises) -------------------
@@ -315,6 +316,17 @@ class ClaimStatusWriter:
                 *_names(claim.ref),
                 e,
             )
+        elif e.status == 403:  # configuration, not weather: retried when the entries change
+            self.stats.errors += 1
+            claim.rejected = _fingerprint(sent)
+            log.log(
+                logging.DEBUG if self._forbidden_logged else logging.ERROR,
+                "not allowed to write ResourceClaim status (%s): grant patch on "
+                "resourceclaims/status and associated-node:patch on resourceclaims/driver "
+                "(the chart's rbac.claimDeviceStatus), or run with --no-claim-device-status",
+                e,
+            )
+            self._forbidden_logged = True
         else:
             self._retry(claim, str(e))
 

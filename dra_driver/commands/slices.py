@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         driver=s.driver_name,
         node_name=s.node_name,
         partitionable=s.partitionable_devices,
+        dynamic_mig=s.dynamic_mig,
     )
     for p in problems:
         print(p, file=sys.stderr)

@@ -85,6 +85,22 @@ class HealthBoard:
         if changed:
             self._bump()
 
+    def add_device(self, name: str, initial: Health = Health.HEALTHY) -> None:
+        """A device that came to exist (a MIG device created at prepare) starts `initial`."""
+        now = time.time()
+        with self._lock:
+            self._state[name] = DeviceHealth(
+                name, initial, self._initial_message, since=now, checked_at=now
+            )
+        self._bump()
+
+    def remove_device(self, name: str) -> None:
+        """A device that no longer exists (a MIG device destroyed at unprepare)."""
+        with self._lock:
+            gone = self._state.pop(name, None) is not None
+        if gone:
+            self._bump()
+
     def update(self, verdicts: Iterable[DeviceHealth]) -> bool:
         """Apply verdicts; returns True (and wakes waiters) if anything changed.
 

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from ..inventory import Gpu, Inventory
+from ..inventory import Device, Gpu, Inventory
 from ..nvml.deadline import DEFAULT_DEADLINE, GpuWorkers
 from ..nvml.errors import ERROR_GPU_IS_LOST, SUCCESS, NvmlError, NvmlGpuLostError
 from ..nvml.types import (
@@ -70,6 +70,7 @@ JOIN_TIMEOUT = 5.0
 
 
 WATCHDOG_INTERVAL = 0.25
+REGISTRATION_RETRY_MAX = 60.0  # seconds between event registration attempts, at most
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ class HealthMonitor:
         self._event_progress = clock()  # the event thread came back from NVML
         self._poll_progress = clock()  # a sample round finished
         self._ratelimited = RateLimitedLog()
+        self._set_failed = False  # the event set could not be created: retried with backoff
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -219,6 +221,10 @@ class HealthMonitor:
             self._loop.create_task(self._poll_loop(), name="health-poll"),
             self._loop.create_task(self._watchdog(), name="health-watchdog"),
         ]
+        if not registered and self._set_failed:
+            self._tasks.append(
+                self._loop.create_task(self._retry_registration(), name="health-register")
+            )
         log.info(
             "health monitor started: %d GPU(s) with NVML events, poll every %gs, NVML deadline "
             "%gs, hold %gs, ignored XIDs %s",
@@ -235,12 +241,27 @@ class HealthMonitor:
 
         def run() -> None:
             try:
-                future.set_result(fn())
+                result = fn()
             except BaseException as e:
-                future.set_exception(e)
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(e)  # unless its caller gave up
+            else:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_result(result)
 
         threading.Thread(target=run, name=f"nvml-{what}", daemon=True).start()
-        return await asyncio.wrap_future(future)
+        limit = 2 * self.config.deadline
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), limit)
+        except TimeoutError:
+            log.error(
+                "NVML has not answered %s within %gs: devices are checked by polling only",
+                what,
+                limit,
+            )
+            for gpu in self._inventory.gpus:
+                self._unmonitored(gpu.uuid, gpu.index, f"{what} did not answer")
+            return False
 
     async def stop(self) -> None:
         """Stop the producers; returns within about one wait timeout, even with NVML hung."""
@@ -265,6 +286,25 @@ class HealthMonitor:
                 )
         if self._own_workers:
             self.workers.shutdown()
+
+    def mig_created(self, device: Device) -> None:
+        """Follow a MIG device created at prepare (dynamic MIG): Healthy, and its events hit it."""
+        if device.mig is None or device.parent_uuid is None:
+            return
+        with self._lock:
+            self.policy.add_mig(
+                device.parent_uuid,
+                device.name,
+                device.mig.gpu_instance_id,
+                device.mig.compute_instance_id,
+            )
+            self._board.add_device(device.name)
+
+    def mig_destroyed(self, device_name: str, gpu_uuid: str) -> None:
+        """Follow a MIG device destroyed at unprepare: it leaves the policy and the board."""
+        with self._lock:
+            self.policy.remove_mig(gpu_uuid, device_name)
+            self._board.remove_device(device_name)
 
     def conditions(self, device: str) -> list[Condition]:
         """A device's active conditions (consistent: taken under the writers' lock)."""
@@ -349,12 +389,23 @@ class HealthMonitor:
         try:
             regs = self._backend.register_events(self.config.event_mask)
         except Exception as e:
+            if self._set_failed:  # a retry: the GPUs already say so
+                log.debug("creating the NVML event set failed again: %s", e)
+                return False
+            self._set_failed = True
             log.warning(
-                "cannot create the NVML event set (%s): devices are checked by polling only", e
+                "cannot create the NVML event set (%s): devices are checked by polling only "
+                "(registration is retried)",
+                e,
             )
             for gpu in gpus:
                 self._unmonitored(gpu.uuid, gpu.index, f"event set: {e}")
             return False
+        if self._set_failed:  # a retry that worked: the notes of the first attempt go
+            self._set_failed = False
+            self.stats.unmonitored_gpus = 0
+            for gpu in gpus:
+                self._apply(partial(self.policy.set_note, gpu.uuid, "", gpu.index))
         by_uuid: dict[str, EventRegistration] = {r.uuid: r for r in regs if r.uuid}
         by_index = {r.gpu_index: r for r in regs}
         monitored = 0
@@ -369,6 +420,29 @@ class HealthMonitor:
             else:
                 monitored += 1
         return monitored > 0
+
+    async def _retry_registration(self) -> None:
+        """The event set could not be created at start: try again, backing off to a minute."""
+        delay = self.config.error_backoff
+        attempt = 1
+        while not self._stopping.is_set():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REGISTRATION_RETRY_MAX)
+            attempt += 1
+            try:
+                registered = await self._run_bounded(self._register, "event registration")
+            except Exception:
+                log.exception("BUG: retrying NVML event registration")
+                continue
+            if not self._set_failed:
+                if registered and not self._stopping.is_set():
+                    self._event_progress = self._clock()
+                    self._thread = threading.Thread(
+                        target=self._event_loop, name="nvml-events", daemon=True
+                    )
+                    self._thread.start()
+                    log.info("NVML events registered at attempt %d", attempt)
+                return
 
     def _unmonitored(self, uuid: str, index: int, why: str) -> None:
         self.stats.unmonitored_gpus += 1

@@ -296,6 +296,30 @@ class HealthPolicy:
                 self._conds[name] = {}
                 self._gpu_by_device[name] = state
 
+    # -- the MIG layout changing (dynamic MIG) -----------------------------------------
+
+    def add_mig(self, gpu_uuid: str, name: str, gi: int, ci: int) -> None:
+        """A MIG device created at prepare: its GI/CI-scoped events now hit it."""
+        gpu = self._gpus.get(gpu_uuid)
+        if gpu is None:
+            return
+        gpu.migs = {k: v for k, v in gpu.migs.items() if v != name}
+        gpu.migs[(gi, ci)] = name
+        if name not in gpu.devices:
+            gpu.devices = (*gpu.devices, name)
+        self._conds.setdefault(name, {})
+        self._gpu_by_device[name] = gpu
+
+    def remove_mig(self, gpu_uuid: str, name: str) -> None:
+        """A MIG device destroyed at unprepare: it, and its conditions, are gone."""
+        gpu = self._gpus.get(gpu_uuid)
+        if gpu is None:
+            return
+        gpu.migs = {k: v for k, v in gpu.migs.items() if v != name}
+        gpu.devices = tuple(d for d in gpu.devices if d != name)
+        self._conds.pop(name, None)
+        self._gpu_by_device.pop(name, None)
+
     # -- reading -----------------------------------------------------------------------
 
     @property

@@ -16,13 +16,18 @@ from .errors import (
     NvmlError,
     NvmlFunctionNotFoundError,
     NvmlGpuLostError,
+    NvmlInsufficientResourcesError,
+    NvmlInUseError,
     NvmlLibraryNotFoundError,
+    NvmlNoPermissionError,
+    NvmlNotFoundError,
     NvmlNotSupportedError,
     NvmlTimeoutError,
     NvmlUninitializedError,
     error_for,
     is_unsupported,
 )
+from .migops import CreatedMig, MigManager, open_mig_manager
 from .types import (
     HEALTH_EVENT_MASK,
     INSTANCE_ID_ALL,
@@ -45,10 +50,12 @@ __all__ = [
     "HEALTH_EVENT_MASK",
     "INSTANCE_ID_ALL",
     "BackendInfo",
+    "CreatedMig",
     "DeviceError",
     "EventRegistration",
     "GpuRecord",
     "HealthSample",
+    "MigManager",
     "MigProfile",
     "MigRecord",
     "NvmlBackend",
@@ -57,7 +64,11 @@ __all__ = [
     "NvmlEvent",
     "NvmlFunctionNotFoundError",
     "NvmlGpuLostError",
+    "NvmlInUseError",
+    "NvmlInsufficientResourcesError",
     "NvmlLibraryNotFoundError",
+    "NvmlNoPermissionError",
+    "NvmlNotFoundError",
     "NvmlNotSupportedError",
     "NvmlSnapshot",
     "NvmlTimeoutError",
@@ -66,6 +77,7 @@ __all__ = [
     "error_for",
     "is_unsupported",
     "open_backend",
+    "open_mig_manager",
 ]
 
 log = logging.getLogger(__name__)

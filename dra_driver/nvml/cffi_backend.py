@@ -33,24 +33,12 @@ from ._common import (
     unknown_profile_error,
 )
 from ._fastpath import ffi, lib
-from ._records import (
-    HEAD_BIT as _REC_HEAD_BIT,
-)
-from ._records import (
-    INVENTORY_SIZE as _REC_INVENTORY_SIZE,
-)
-from ._records import (
-    configure as _rec_configure,
-)
-from ._records import (
-    diff as _rec_diff,
-)
-from ._records import (
-    gpu as _rec_gpu,
-)
-from ._records import (
-    same as _rec_same,
-)
+from ._records import HEAD_BIT as _HEAD_BIT
+from ._records import INVENTORY_SIZE as _INVENTORY_SIZE
+from ._records import configure as _configure_records
+from ._records import diff as _native_diff
+from ._records import gpu as _native_gpu
+from ._records import same as _native_same
 from .errors import (
     ERROR_FUNCTION_NOT_FOUND,
     ERROR_IN_USE,
@@ -293,12 +281,12 @@ _NO_KEY: _GpuKey = (b"", b"", b"")  # a natively built GPU's (its bytes live in 
 
 if GI_PROFILE_INDEX_COUNT > lib.FP_MAX_PROFILES:
     raise ImportError("fast path built with too few profile slots for GI_PROFILE_INDEX_COUNT")
-if ffi.sizeof("fp_inventory_t") != _REC_INVENTORY_SIZE or _REC_HEAD_BIT != lib.FP_MAX_GPUS:
+if ffi.sizeof("fp_inventory_t") != _INVENTORY_SIZE or _HEAD_BIT != lib.FP_MAX_GPUS:
     raise ImportError("_records and _fastpath were built from different headers: rebuild")
-_rec_configure(
+_configure_records(
     GpuRecord, MigRecord, MigProfile, tuple(f.name for f in dataclasses.fields(GpuRecord))
 )
-_HEAD_CHANGED = 1 << _REC_HEAD_BIT
+_HEAD_CHANGED = 1 << _HEAD_BIT
 
 
 class CffiBackend:
@@ -339,8 +327,8 @@ class CffiBackend:
         self._inv_buf = ffi.buffer(self._inv)
         self._snapshot: NvmlSnapshot | None = None
         self._gpu_memo: _GpuMemo = []  # by position in gpus[]
-        # The last converted inventory's bytes, which _records.diff compares with.
-        self._previous = bytearray(_REC_INVENTORY_SIZE)
+        # The last converted inventory's bytes, which _native_diff compares with.
+        self._previous = bytearray(_INVENTORY_SIZE)
         self._last_inventory_calls = 0
         self._health_out = ffi.new("fp_health_t[]", lib.FP_MAX_GPUS)
         self._health_buf = ffi.buffer(self._health_out)
@@ -416,7 +404,7 @@ class CffiBackend:
         old_memo = self._gpu_memo
         old_snapshot = self._snapshot
         try:  # leaves _previous equal to this inventory; without a memo, nothing is reused
-            changed = _rec_diff(buf, self._previous)
+            changed = _native_diff(buf, self._previous)
         except Exception:
             self._gpu_memo = []
             raise
@@ -443,7 +431,7 @@ class CffiBackend:
             if i < reusable and not (changed >> i) & 1:
                 key, result = old_memo[i]
             else:
-                record = _rec_gpu(buf, i, built)
+                record = _native_gpu(buf, i, built)
                 if record is not None:
                     result = (record, (), _NO_PROFILES)
                 else:
@@ -673,7 +661,7 @@ class CffiBackend:
             buf = self._health_buf
             old_memo = self._health_memo
             # The steady state: every GPU's bytes as last time (compared natively).
-            if _rec_same(buf, self._health_prev, len(gpus) * _HEALTH_SIZE) and len(
+            if _native_same(buf, self._health_prev, len(gpus) * _HEALTH_SIZE) and len(
                 old_memo
             ) == len(gpus):
                 return [sample for _, sample in old_memo]

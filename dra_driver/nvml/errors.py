@@ -79,6 +79,22 @@ class NvmlTimeoutError(NvmlError):
     """A wait (e.g. nvmlEventSetWait) ended without an event."""
 
 
+class NvmlNoPermissionError(NvmlError):
+    """The caller lacks the privilege (MIG create/destroy needs root or the MIG capability)."""
+
+
+class NvmlNotFoundError(NvmlError):
+    """No such object (a GPU instance already destroyed, an unknown UUID)."""
+
+
+class NvmlInUseError(NvmlError):
+    """The object is busy: processes on a compute instance, a compute instance on a GPU instance."""
+
+
+class NvmlInsufficientResourcesError(NvmlError):
+    """The request does not fit: an overlapping placement or a GPU at its instance limit."""
+
+
 class NvmlDeadlineError(NvmlError):
     """NVML did not answer within the deadline the driver gave the call (code TIMEOUT).
 
@@ -94,6 +110,10 @@ _BY_CODE: dict[int, type[NvmlError]] = {
     ERROR_NOT_SUPPORTED: NvmlNotSupportedError,
     ERROR_FUNCTION_NOT_FOUND: NvmlFunctionNotFoundError,
     ERROR_TIMEOUT: NvmlTimeoutError,
+    ERROR_NO_PERMISSION: NvmlNoPermissionError,
+    ERROR_NOT_FOUND: NvmlNotFoundError,
+    ERROR_IN_USE: NvmlInUseError,
+    ERROR_INSUFFICIENT_RESOURCES: NvmlInsufficientResourcesError,
 }
 
 

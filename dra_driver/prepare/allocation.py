@@ -10,7 +10,7 @@ No I/O here: the preparer calls this between its API read and its transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,8 +83,12 @@ def plan_claim(
     pool: str,
     inventory: Inventory,
     health: HealthBoard | None,
+    resolve: Callable[[str], Device | None] | None = None,
 ) -> list[Planned]:
     """This driver's allocation results of the claim, resolved; [] when none are ours.
+
+    resolve (dynamic MIG) answers first for the names it owns: the live MIG
+    devices of MIG-mode GPUs and the ones still to be created.
 
     The cheap checks come first: opaque configs are decoded only for a claim
     that is otherwise preparable, and only those naming one of its requests
@@ -113,7 +117,9 @@ def plan_claim(
                 f"{r.pool!r}, not this node's pool {pool!r}",
                 ErrorKind.NOT_ALLOCATED,
             )
-        device = inventory.device(r.device)
+        device = resolve(r.device) if resolve is not None else None
+        if device is None:
+            device = inventory.device(r.device)
         if device is None:
             raise ClaimError(
                 f"request {r.request!r}: device {r.device!r} is not a device of this node "

@@ -1,8 +1,11 @@
 """A test hook: exit the process at a chosen step of a prepare, as a kill -9 would.
 
-With DRA_DRIVER_TEST_CRASH_AT=after-started|after-cdi|before-prepared the
-process exits with os._exit(137) at that step, so end-to-end tests can check
-recovery from a crash at each point. Never set it in production.
+With DRA_DRIVER_TEST_CRASH_AT=after-started|after-cdi|before-prepared
+(and, for dynamic MIG, after-mig-create: an instance made but not recorded;
+after-mig-record: recorded, no CDI spec yet; after-mig-destroy: destroyed at
+unprepare, the record not yet dropped) the process exits with
+os._exit(137) at that step, so end-to-end tests can check recovery from a
+crash at each point. Never set it in production.
 """
 
 from __future__ import annotations
@@ -15,7 +18,16 @@ from collections.abc import Mapping
 log = logging.getLogger(__name__)
 
 CRASH_ENV = "DRA_DRIVER_TEST_CRASH_AT"
-CRASH_POINTS = frozenset({"after-started", "after-cdi", "before-prepared"})
+CRASH_POINTS = frozenset(
+    {
+        "after-started",
+        "after-cdi",
+        "before-prepared",
+        "after-mig-create",
+        "after-mig-record",
+        "after-mig-destroy",
+    }
+)
 
 
 class CrashPoints:

@@ -29,3 +29,4 @@ class PreparerConfig:
     # The kernel driver's /proc/driver/nvidia (None: <proc_root>/driver/nvidia).
     nvidia_proc_dir: Path | None = None
     workers: int = DEFAULT_WORKERS  # claims prepared in parallel
+    dynamic_mig: bool = False  # create a MIG device at prepare when it does not exist yet

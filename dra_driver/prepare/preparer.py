@@ -12,7 +12,12 @@ instances:
 * a prepared claim is answered again from the checkpoint alone, identically;
 * unprepare uses only the checkpoint (the claim may be gone from the API);
 * at start, unfinished claims of dead instances are rolled back and orphaned
-  CDI specs swept (prepare/recovery.py).
+  CDI specs swept (prepare/recovery.py);
+* with dynamic MIG (prepare/dynamic.py), a MIG device that does not exist yet
+  is created after the started record (which holds the intent) and recorded
+  as created before its CDI spec is built; unprepare destroys what this driver
+  made before it drops the record; a failed or rolled-back claim destroys what
+  it made. A full GPU and MIG devices of it are never prepared together.
 
 Concurrency: calls for different pods, and claims within one call, run in
 parallel on a small thread pool. A claim UID is handled by one task at a time;
@@ -30,12 +35,15 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from ..health.board import HealthBoard
 from ..inventory import Inventory
 from ..logsafe import clip
 from ..nvml.errors import NvmlError
+from ..nvml.migops import MigManager
 from ..nvml.types import NvmlBackend
 from .allocation import Action, Planned, check_claim, merged_admin, nvml_actions, plan_claim
 from .allocation import spec_devices as merged_spec_devices
@@ -59,6 +67,7 @@ from .checkpoint import (
 )
 from .config import base_request
 from .crashpoints import CrashPoints
+from .dynamic import MigLayout, MigObserver, MigStats, needs_create, with_created, with_intent
 from .files import fsync_dir
 from .locks import InstanceRegistry, KeyedLocks
 from .options import PreparerConfig
@@ -114,6 +123,8 @@ class ClaimPreparer:
         claims: ClaimSource,
         health: HealthBoard | None,
         nvml: NvmlBackend | None,
+        migs: MigManager | None = None,
+        mig_observer: MigObserver | None = None,
     ) -> None:
         self._config = config
         self._inventory = inventory
@@ -141,6 +152,9 @@ class ClaimPreparer:
             owner=self._instances.id,
         )
         self._gpu_locks = KeyedLocks()
+        self._migs: MigLayout | None = None
+        if config.dynamic_mig and migs is not None:
+            self._migs = MigLayout(inventory(), migs, self._gpu_locks, mig_observer)
         self._claim_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # Local work (checkpoint, CDI, NVML) and API reads on separate threads, so that
         # a hung API server never holds the threads checkpoint hits and unprepares need.
@@ -193,7 +207,12 @@ class ClaimPreparer:
     def _start_sync(self) -> None:
         self._instances.acquire()
         self._crash.warn()
-        self.load_report = recover(self._store, self._cdi, self._instances)
+        self.load_report = recover(
+            self._store,
+            self._cdi,
+            self._instances,
+            self._migs.destroy_claim if self._migs is not None else None,
+        )
 
     # --- background repair ---------------------------------------------------------------
 
@@ -372,11 +391,14 @@ class ClaimPreparer:
             pool=self._config.pool_name,
             inventory=self._inventory(),
             health=self._health,
+            resolve=self._migs.resolve if self._migs is not None else None,
         )
         if not plans:
             return ()
         actions = nvml_actions(plans, have_nvml=self._nvml is not None)
         record = self._record(ref, plans)
+        if any(needs_create(p.device) for p in plans):
+            return self._prepare_creating(ref, plans, record, actions)
         devices = merged_spec_devices((p.device, p.admin) for p in plans)
         try:
             spec = self._cdi.build(ref.uid, devices)
@@ -415,6 +437,74 @@ class ClaimPreparer:
         except BaseException as e:
             self._discard(staging)
             self._roll_back(ref.uid)
+            if isinstance(e, CdiError | OSError):
+                raise ClaimError(
+                    f"writing the claim's CDI spec or checkpoint: {e}", ErrorKind.CDI_OR_CHECKPOINT
+                ) from e
+            raise
+        return _answer(done)
+
+    def _prepare_creating(
+        self,
+        ref: ClaimRef,
+        plans: Sequence[Planned],
+        record: ClaimRecord,
+        actions: Sequence[Action],
+    ) -> tuple[PreparedDevice, ...]:
+        """Prepare a claim with MIG devices to create: intent, create, record, spec, done."""
+        assert self._migs is not None
+        migs = self._migs
+        record = replace(
+            record,
+            devices=tuple(
+                with_intent(d, p.device) if needs_create(p.device) else d
+                for d, p in zip(record.devices, plans, strict=True)
+            ),
+        )
+        existing = self._store.update(lambda claims: self._reserve(claims, record), durable=False)
+        if existing is not None:
+            return _answer(existing)
+        self._crash.crash("after-started")
+        made: dict[str, Planned] = {}
+        try:
+            ready = []
+            for p in plans:
+                if needs_create(p.device) and p.device.name not in made:
+                    try:
+                        real = migs.create(p.device)
+                    except NvmlError as e:
+                        raise ClaimError(
+                            f"request {p.request!r}: creating MIG device {p.device.name}: {e}",
+                            ErrorKind.NVML,
+                        ) from e
+                    made[p.device.name] = replace(p, device=real)
+                    self._crash.crash("after-mig-create")
+                    record = replace(
+                        record,
+                        devices=tuple(
+                            with_created(d, real) if d.device_name == real.name else d
+                            for d in record.devices
+                        ),
+                    )
+                    self._store.update(partial(self._finish, done=record), durable=False)
+                ready.append(made.get(p.device.name, p))
+            self._crash.crash("after-mig-record")
+            if actions:
+                self._apply(actions)
+            devices = merged_spec_devices((p.device, p.admin) for p in ready)
+            try:
+                spec = self._cdi.build(ref.uid, devices)
+            except CdiError as e:
+                raise ClaimError(str(e), ErrorKind.CDI_OR_CHECKPOINT) from e
+            self._cdi.write(ref.uid, spec)
+            self._crash.crash("after-cdi")
+            done = record.with_state(
+                ClaimState.PREPARED, actions=tuple(a.to_json() for a in actions)
+            )
+            self._crash.crash("before-prepared")
+            self._store.update(lambda claims: self._finish(claims, done))
+        except BaseException as e:
+            self._roll_back(ref.uid, record)
             if isinstance(e, CdiError | OSError):
                 raise ClaimError(
                     f"writing the claim's CDI spec or checkpoint: {e}", ErrorKind.CDI_OR_CHECKPOINT
@@ -486,12 +576,30 @@ class ClaimPreparer:
         if current is not None and current.state is ClaimState.PREPARED and not current.rebuilt:
             return current, False  # another instance finished it meanwhile
         admin = merged_admin((d.device_name, d.admin_access) for d in record.devices)
+        whole = {d.gpu_uuid for d in record.devices if d.uuid and d.uuid == d.gpu_uuid}
+        parts = {d.gpu_uuid for d in record.devices if d.gpu_uuid and d.uuid != d.gpu_uuid}
+        if whole & parts:
+            raise ClaimError(
+                "the claim asks for a full GPU and MIG devices of it at once",
+                ErrorKind.DEVICE_UNAVAILABLE,
+            )
         for other in claims.values():
             if other.uid == record.uid:
                 continue
             if other.state is ClaimState.STARTED and not self._instances.is_alive(other.instance):
                 continue  # left by a dead instance; rolled back at the next start
             for d in other.devices:
+                other_whole = bool(d.uuid) and d.uuid == d.gpu_uuid
+                if (other_whole and d.gpu_uuid in parts) or (
+                    not other_whole and d.gpu_uuid in whole
+                ):
+                    raise ClaimError(
+                        f"GPU {d.gpu_uuid} is prepared for claim {other.namespace}/{other.name} "
+                        f"({other.uid}) as "
+                        f"{'a full GPU' if other_whole else 'MIG device ' + d.device_name}; a "
+                        "full GPU and its MIG devices are never prepared at the same time",
+                        ErrorKind.DEVICE_UNAVAILABLE,
+                    )
                 # Kubernetes' semantics: a claim with admin access ignores ordinary
                 # claims on the device, whichever came first (a monitoring pod beside
                 # a workload); only two ordinary claims conflict.
@@ -515,12 +623,14 @@ class ClaimPreparer:
         claims[done.uid] = done
         return None, True
 
-    def _roll_back(self, uid: str) -> None:
-        """Undo a failed prepare: delete its spec, drop our started entry. Never raises.
+    def _roll_back(self, uid: str, record: ClaimRecord | None = None) -> None:
+        """Undo a failed prepare: delete its spec, destroy the MIG devices it made (dynamic
+        MIG), drop our started entry. Never raises.
 
         The record is dropped even when the spec cannot be removed (a read-only
         CDI root): a spec nobody was told about is an orphan, swept later, while
-        a live started record would refuse the device to every other claim.
+        a live started record would refuse the device to every other claim. A
+        MIG device that cannot be destroyed keeps the record, for the next start.
         """
         try:
             self._cdi.remove(uid)
@@ -532,6 +642,11 @@ class ClaimPreparer:
                 e,
             )
             self._schedule_repair(sweep=True)
+        if record is not None and self._migs is not None:
+            failed = self._migs.destroy_claim(record)
+            if failed:
+                log.error("claim %s: MIG devices left for the next start: %s", uid, failed)
+                return
         try:
             self._store.update(lambda claims: self._drop_started(claims, {uid}))
         except Exception:
@@ -574,6 +689,16 @@ class ClaimPreparer:
         # repeated), and its directory fsync overlaps the checkpoint write.
         removed = self._cdi.remove(ref.uid, sync_dir=False)
         dir_synced = self._io.submit(fsync_dir, self._cdi.root) if removed else None
+        if self._migs is not None:
+            rec = self._store.get(ref.uid)
+            failed = self._migs.destroy_claim(rec) if rec is not None else []
+            if failed:
+                if dir_synced is not None:
+                    dir_synced.result()
+                raise ClaimError(
+                    f"destroying the claim's MIG devices: {'; '.join(failed)}", ErrorKind.NVML
+                )
+            self._crash.crash("after-mig-destroy")
 
         def drop(claims: dict[str, ClaimRecord]) -> tuple[bool, bool]:
             gone = claims.pop(ref.uid, None) is not None
@@ -604,6 +729,14 @@ class ClaimPreparer:
                     device = inventory.device(d.device_name)
                     counts[device.type.value if device is not None else "unknown"] += 1
         return counts
+
+    def mig_stats(self) -> MigStats | None:
+        """Dynamic MIG counts (None without dynamic MIG), for the metrics collector."""
+        return self._migs.stats() if self._migs is not None else None
+
+    @property
+    def mig_layout(self) -> MigLayout | None:
+        return self._migs
 
     @property
     def store(self) -> CheckpointStore:

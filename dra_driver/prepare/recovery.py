@@ -22,9 +22,17 @@ from .types import ClaimError, ErrorKind
 log = logging.getLogger(__name__)
 
 
-def recover(store: CheckpointStore, cdi: CdiSpecs, instances: InstanceRegistry) -> LoadReport:
+def recover(
+    store: CheckpointStore,
+    cdi: CdiSpecs,
+    instances: InstanceRegistry,
+    undo_migs: Callable[[ClaimRecord], list[str]] | None = None,
+) -> LoadReport:
     """Load or repair the checkpoint, roll back unfinished claims, sweep orphaned specs.
 
+    undo_migs (dynamic MIG) destroys the MIG instances an unfinished claim made
+    (recorded or not) and answers what it could not destroy; such a claim stays
+    in the checkpoint, to be rolled back at the next start or retried.
     Blocking; instances must already be acquired.
     """
     report = store.load()
@@ -33,6 +41,10 @@ def recover(store: CheckpointStore, cdi: CdiSpecs, instances: InstanceRegistry) 
         rolled = []
         for uid, rec in list(claims.items()):
             if rec.state is ClaimState.STARTED and not instances.is_alive(rec.instance):
+                failed = undo_migs(rec) if undo_migs is not None else []
+                if failed:
+                    log.error("claim %s: cannot destroy its MIG devices yet: %s", uid, failed)
+                    continue
                 if CLAIM_UID_RE.fullmatch(uid):
                     try:
                         cdi.remove(uid)
@@ -112,7 +124,8 @@ def rebuild_from_cdi(
                 rebuilt=True,
                 updated=time.time(),
             )
-    log.warning("rebuilt %d claim(s) from CDI specs: %s", len(out), sorted(out))
+    if out:
+        log.warning("rebuilt %d claim(s) from CDI specs: %s", len(out), sorted(out))
     return out
 
 

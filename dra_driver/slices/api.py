@@ -239,9 +239,19 @@ class SliceApi:
         self._call("DELETE", SLICES_PATH, [("fieldSelector", field_selector)])
 
     def server_version(self) -> tuple[int, int] | None:
-        """The API server's (major, minor) from /version; None if it does not say."""
-        doc = self._call("GET", "/version")
-        return parse_server_version(doc) if isinstance(doc, dict) else None
+        """The API server's (major, minor) from /version; None if it does not say.
+
+        /version is public (system:public-info-viewer): it needs no RBAC rule.
+        """
+        try:
+            info = client.VersionApi(self._api).get_code(_request_timeout=self._timeout)
+        except ApiException as e:
+            raise ApiError.of(e) from e
+        except _TRANSPORT_ERRORS as e:
+            raise ApiUnreachable.of(e) from e
+        return parse_server_version(
+            {"major": info.major, "minor": info.minor, "gitVersion": info.git_version}
+        )
 
     def get_node(self, name: str) -> dict[str, Any] | None:
         """The Node object, or None if no such Node exists."""

@@ -225,6 +225,76 @@ def _partitionable_gpu(
     return counter_set, devices
 
 
+def _counter_totals(gpu: Gpu) -> dict[str, int]:
+    """Per dimension the most any profile uses, plus one counter per memory slice."""
+    totals: dict[str, int] = {}
+    slices = 0
+    for p in gpu.mig_profiles:
+        for k, v in _profile_capacities(p, 0, 0).items():
+            totals[k] = max(totals.get(k, 0), v)
+        for start, size in p.placements:
+            slices = max(slices, start + size)
+    for i in range(slices):
+        totals[f"memorySlice{i}"] = 1
+    return totals
+
+
+def _dynamic_mig_gpu(
+    gpu: Gpu, taints: Taints, created: frozenset[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A GPU in MIG mode under dynamic MIG: its counter set and every (profile, placement).
+
+    No full-GPU device: the GPU cannot serve as one without leaving MIG mode,
+    which this driver never changes. Each (profile, placement) consumes its
+    engines, memory and memory slices, so the scheduler hands out only sets
+    that fit together; prepare creates the MIG device when it does not exist.
+    A MIG device that exists and that this driver did not create (an
+    operator's) is published as it is, with its UUID, consuming the same
+    counters, so nothing overlapping it is ever allocated. One this driver
+    created (UUID in `created`) stays the abstract device it was published as:
+    creating it must not rewrite the slice.
+    """
+    set_name = counter_set_name(gpu)
+    totals = _counter_totals(gpu)
+    existing = {d.name: d for d in gpu.mig_devices}
+    devices = []
+    published: set[str] = set()
+    for p in gpu.mig_profiles:
+        for start, size in p.placements:
+            name = mig_device_name(gpu.minor, p.name, p.profile_id, start)
+            caps = _profile_capacities(p, start, size)
+            found = existing.get(name)
+            attrs: dict[str, AttributeValue]
+            if found is not None and found.uuid not in created:
+                attrs = dict(found.attributes)
+            else:
+                attrs = {"type": DeviceType.MIG.value, "parentUUID": gpu.uuid, "profile": p.name}
+                attrs.update(gpu.common_attributes)
+            devices.append(
+                _device_json(
+                    name,
+                    attrs,
+                    caps,
+                    _taints_for(taints, name, gpu.name),
+                    [{"counterSet": set_name, "counters": _counters(caps)}],
+                )
+            )
+            published.add(name)
+    for name, found in existing.items():  # an operator's device at no offered placement
+        if name not in published:
+            caps = dict(found.capacities)
+            devices.append(
+                _device_json(
+                    name,
+                    found.attributes,
+                    caps,
+                    _taints_for(taints, name, gpu.name),
+                    [{"counterSet": set_name, "counters": _counters(caps)}],
+                )
+            )
+    return {"name": set_name, "counters": _counters(totals)}, devices
+
+
 def _pack(groups: Iterable[list[dict[str, Any]]], limit: int) -> list[list[dict[str, Any]]]:
     """Greedy packing that keeps each group (one GPU's devices) in one slice when it fits."""
     out: list[list[dict[str, Any]]] = []
@@ -249,6 +319,8 @@ def build_pool(
     *,
     partitionable: bool = False,
     devices_per_slice: int = DEVICES_PER_SLICE,
+    dynamic_mig: bool = False,
+    created_migs: frozenset[str] = frozenset(),
 ) -> DesiredPool:
     """The slice specs this node publishes for an inventory and per-device taints.
 
@@ -256,6 +328,10 @@ def build_pool(
     reports MIG profiles is published as a counter set (in counter-set-only
     slices, at most 8 per slice, the 1.35+ layout) plus a full-GPU device and
     one abstract device per MIG (profile, placement); other GPUs as usual.
+    With dynamic_mig=True (which implies the partitionable layout), a GPU in
+    MIG mode is published as its counter set and every (profile, placement),
+    and no full GPU (see _dynamic_mig_gpu; created_migs: the UUIDs of the MIG
+    devices this driver made); a GPU with MIG off as its full GPU only.
     An empty inventory still yields one empty slice: an empty pool is not an
     absent one to the scheduler.
     """
@@ -263,7 +339,14 @@ def build_pool(
     groups: dict[int, list[dict[str, Any]]] = {}
     counter_sets: list[dict[str, Any]] = []
     partitioned: set[int] = set()
-    if partitionable:
+    if dynamic_mig:
+        for gpu in inventory.gpus:
+            if gpu.mig_enabled and any(p.placements for p in gpu.mig_profiles):
+                cs, devs = _dynamic_mig_gpu(gpu, taints, created_migs)
+                counter_sets.append(cs)
+                groups[gpu.index] = devs
+                partitioned.add(gpu.index)
+    elif partitionable:
         for gpu in inventory.gpus:
             if gpu.mig_profiles and any(p.placements for p in gpu.mig_profiles):
                 cs, devs = _partitionable_gpu(gpu, inventory, taints)
@@ -354,9 +437,10 @@ def build_slices(
     taints: Taints | None = None,
     partitionable: bool = False,
     generation: int = 1,
+    dynamic_mig: bool = False,
 ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
     """The ResourceSlice objects a first publication would create, and the problems found."""
-    pool = build_pool(inventory, taints, partitionable=partitionable)
+    pool = build_pool(inventory, taints, partitionable=partitionable, dynamic_mig=dynamic_mig)
     count = len(pool.slices)
     objs = [
         render_slice(

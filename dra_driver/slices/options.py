@@ -32,6 +32,7 @@ class PublisherConfig:
     driver_name: str
     node_name: str  # also the pool's name
     partitionable_devices: bool = False  # KEP-4815 counter sets + abstract MIG devices
+    dynamic_mig: bool = False  # MIG-mode GPUs: every (profile, placement), created at prepare
     debounce: float = 0.2  # coalesce desired-state changes and watch events this long
     backoff_initial: float = 0.5
     backoff_max: float = 10.0

@@ -207,7 +207,12 @@ class SlicePublisher:
             self._config.taint_policy,
             self.server_version,
         )
-        return build_pool(inventory, taints, partitionable=self._config.partitionable_devices)
+        return build_pool(
+            inventory,
+            taints,
+            partitionable=self._config.partitionable_devices,
+            dynamic_mig=self._config.dynamic_mig,
+        )
 
     # -- reconcile -----------------------------------------------------------------------
 

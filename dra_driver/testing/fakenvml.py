@@ -115,6 +115,40 @@ target ``gpu`` (its UUID), plus per kind::
                    "nvmlEventSetWait_v2" hangs the event wait
     delay          ms, fn and gpu as for hang -> those calls take ms longer
     release        fn and gpu as for hang (absent = all) -> lifts matching hangs/delays
+                   and fails
+    fail           fn (required), rc (an nvmlReturn_t, e.g. 23 INSUFFICIENT_RESOURCES,
+                   19 IN_USE, 4 NO_PERMISSION), gpu optional, count optional (calls to
+                   fail, counted in each process that folds the record; 0/absent = until
+                   released) -> those calls answer rc without doing anything
+    mig_busy       gi, value (1/0): processes run on that MIG device (or no longer);
+                   nvmlComputeInstanceDestroy answers IN_USE while they do
+
+MIG layout records: the library itself appends these when a GPU or compute
+instance is created or destroyed (nvmlDeviceCreateGpuInstance[WithPlacement],
+nvmlGpuInstanceCreateComputeInstance[WithPlacement], nvmlComputeInstanceDestroy,
+nvmlGpuInstanceDestroy), deciding the change under an exclusive ``flock`` of
+the log after folding it, so every process sees the same instances with the
+same ids and UUIDs, in log order, and each change is an
+``nvmlEventMigConfigChange`` event on the GPU::
+
+    gi_create      profile_id, start, gi      a GPU instance (no MIG device yet)
+    ci_create      gi, ci, uuid               its compute instance: now a MIG device
+    ci_destroy     gi, ci
+    gi_destroy     gi
+
+An operator's re-layout can also be written directly (FaultInjector.mig_create
+/ mig_destroy): ``mig_create`` profile_id, optional placement_start, gi, uuid
+(the library picks the first free placement, the smallest free GI id and a
+UUID when absent) and ``mig_destroy`` gi: the whole MIG device at once, no
+event; what the GPU cannot take is logged and changes nothing.
+
+Their semantics follow nvml.h: a GPU not in MIG mode answers NOT_SUPPORTED; an
+unknown profile or a placement the profile does not offer INVALID_ARGUMENT; an
+overlapping placement or a GPU/profile at its instance limit
+INSUFFICIENT_RESOURCES; destroying a GI that still has its CI, or a CI with
+processes on it, IN_USE. The fake models one compute instance per GPU instance,
+spanning it. A destroyed instance leaves a hole in the MIG device indices
+(nvmlDeviceGetMigDeviceHandleByIndex answers NOT_FOUND there), as a real GPU does.
 
 Every process folds the whole log into its state at init and then any new
 complete lines as they appear, so persistent faults apply to
@@ -141,6 +175,16 @@ Command line::
         hang [--gpu N] [--fn nvmlDeviceGetTemperature]
         delay --ms MS [--gpu N] [--fn NAME]
         release [--gpu N] [--fn NAME]
+        fail --fn NAME --rc RC [--gpu N] [--count K]
+        mig-busy --gpu N --gi G [--idle]
+    python -m dra_driver.testing.fakenvml mig-create [--topology T] [--faults PATH]
+        GPU PROFILE [--placement START]      (PROFILE: "1g.5gb" or a profile id)
+    python -m dra_driver.testing.fakenvml mig-destroy [--topology T] [--faults PATH] GPU GI
+    python -m dra_driver.testing.fakenvml mig-list [--topology T] [--faults PATH]
+
+``mig-create``/``mig-destroy`` act as an operator's ``nvidia-smi mig -cgi/-dgi``:
+through the library (nvidia-ml-py on the fake, in that process), so they obey
+the same rules and leave the same records; each prints the instance as JSON.
 
 ``--topology``/``--faults`` default to ``FAKE_NVML_TOPOLOGY``/``FAKE_NVML_FAULTS``
 (resolved as the library does, ``FAKE_NVML_STATE_DIR`` included), so the
@@ -166,7 +210,7 @@ import struct
 import sys
 import tempfile
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -366,6 +410,116 @@ def parse_throttle_reasons(text: str) -> int:
     return mask
 
 
+MIG_RECORD_KINDS = (
+    "gi_create", "ci_create", "ci_destroy", "gi_destroy", "mig_create", "mig_destroy"
+)
+
+
+def current_migs(topology: Topology, fault_log: Path | None) -> dict[int, tuple[TopologyMig, ...]]:
+    """The MIG devices each GPU has now: the topology's, changed by the log's layout records.
+
+    Folds the records as the library does (only complete GPU+compute instances
+    count as MIG devices; a GPU instance without its compute instance is not one).
+    """
+    by_uuid = {g.uuid.lower(): g.index for g in topology.gpus}
+    gis: dict[int, dict[int, dict[str, Any]]] = {
+        g.index: {
+            m.gi_id: {"profile_id": m.profile_id, "start": m.placement_start, "ci": m.ci_id,
+                      "uuid": m.uuid}
+            for m in g.mig_devices
+        }
+        for g in topology.gpus
+    }
+    lines: list[str] = []
+    if fault_log is not None:
+        try:
+            lines = fault_log.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        except OSError as exc:
+            raise FakeNvmlError(f"cannot read fault log {fault_log}: {exc}") from exc
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict) or rec.get("kind") not in MIG_RECORD_KINDS:
+            continue
+        gpu = by_uuid.get(str(rec.get("gpu", "")).lower())
+        if gpu is not None and rec["kind"] == "mig_create":
+            _fold_operator_create(topology, gpu, gis[gpu], rec)
+            continue
+        gi = rec.get("gi")
+        if gpu is None or not isinstance(gi, int):
+            continue
+        layout = gis[gpu]
+        kind = rec["kind"]
+        if kind == "gi_create" and gi not in layout:
+            layout[gi] = {"profile_id": rec.get("profile_id"), "start": rec.get("start"),
+                          "ci": None, "uuid": None}
+        elif kind == "ci_create" and gi in layout and layout[gi]["ci"] is None:
+            layout[gi].update(ci=rec.get("ci"), uuid=rec.get("uuid"))
+        elif kind == "ci_destroy" and gi in layout:
+            layout[gi].update(ci=None, uuid=None)
+        elif kind == "gi_destroy" and gi in layout and layout[gi]["ci"] is None:
+            del layout[gi]
+        elif kind == "mig_destroy":
+            layout.pop(gi, None)
+    return {
+        gpu: tuple(
+            TopologyMig(int(d["profile_id"]), int(d["start"]), gi, int(d["ci"]), str(d["uuid"]))
+            for gi, d in sorted(layout.items())
+            if d["ci"] is not None
+        )
+        for gpu, layout in gis.items()
+    }
+
+
+def _fold_operator_create(
+    topology: Topology, gpu: int, layout: dict[int, dict[str, Any]], rec: Mapping[str, Any]
+) -> None:
+    """An operator's mig_create record, decided as the library decides it (migmgmt.c)."""
+    model = topology.raw["models"][topology.gpu(gpu).model].get("mig", {})
+    profiles = {int(p["id"]): p for p in model.get("profiles", [])}
+    p = profiles.get(int(rec.get("profile_id", -1)))
+    if p is None or len(layout) >= int(model.get("max_devices", 0)):
+        return
+    used = 0
+    for d in layout.values():
+        q = profiles.get(int(d["profile_id"]))
+        if q is not None:
+            used |= ((1 << int(q["placement_size"])) - 1) << int(d["start"])
+    want = rec.get("placement_start")
+    mask = (1 << int(p["placement_size"])) - 1
+    starts = [s for s in p["placements"] if (want is None or s == want) and not used & mask << s]
+    if not starts:
+        return
+    gi = rec.get("gi")
+    if gi is None:
+        gi = 1
+        while gi in layout:
+            gi += 1
+    if gi in layout:
+        return
+    uuid = rec.get("uuid") or f"MIG-{gpu + 1:08x}-0000-4000-8000-{gi:012x}"
+    layout[int(gi)] = {"profile_id": p["id"], "start": starts[0], "ci": 0, "uuid": uuid}
+
+
+def profile_id_of(topology: Topology, gpu: int, profile: str) -> int:
+    """A GPU's GI profile id from a name ("1g.5gb", "MIG 1g.5gb") or an id ("19")."""
+    g = topology.gpu(gpu)
+    model = topology.raw["models"][g.model]
+    profiles = model.get("mig", {}).get("profiles", [])
+    if not profiles:
+        raise FakeNvmlError(f"GPU {gpu} ({g.name}) is not MIG-capable")
+    wanted = profile.strip().removeprefix("MIG ").strip()
+    for p in profiles:
+        if wanted == str(p["id"]) or wanted == str(p["name"]).removeprefix("MIG ").strip():
+            return int(p["id"])
+    known = ", ".join(str(p["name"]).removeprefix("MIG ") for p in profiles)
+    raise FakeNvmlError(f"GPU {gpu} has no MIG profile {profile!r} (has: {known})")
+
+
 class FaultInjector:
     """Appends validated fault records to one topology instance's fault log."""
 
@@ -432,7 +586,7 @@ class FaultInjector:
         if ci is not None and gi is None:
             raise FakeNvmlError("--ci needs --gi")
         if gi is not None:
-            match = [m for m in g.mig_devices if m.gi_id == gi]
+            match = [m for m in current_migs(self.topology, self.fault_log)[gpu] if m.gi_id == gi]
             if not match:
                 known = sorted(m.gi_id for m in g.mig_devices) or "none"
                 raise FakeNvmlError(f"GPU {gpu} has no GPU instance {gi} (has: {known})")
@@ -535,6 +689,50 @@ class FaultInjector:
         if not 0 <= action <= 0xFFFF:
             raise FakeNvmlError("a recovery action is a small non-negative number")
         self._append({"kind": "recovery_action", "gpu": self._gpu(gpu).uuid, "value": action})
+
+    def fail(self, fn: str, rc: int, gpu: int | None = None, count: int = 0) -> None:
+        """Calls of fn (on gpu, every GPU if None) answer rc, count times (0: until released)."""
+        if not 0 < rc <= 0xFFFF:
+            raise FakeNvmlError("a fail needs a non-zero NVML return code (--rc)")
+        if count < 0:
+            raise FakeNvmlError("--count is >= 0 (0: until released)")
+        record = self._stall_target("fail", gpu, fn)
+        record.update(rc=rc)
+        if count:
+            record["count"] = count
+        self._append(record)
+
+    def mig_busy(self, gpu: int, gi: int, busy: bool = True) -> None:
+        """Processes run (busy) or no longer run on MIG device GI of gpu."""
+        if all(m.gi_id != gi for m in current_migs(self.topology, self.fault_log)[gpu]):
+            raise FakeNvmlError(f"GPU {gpu} has no MIG device with GPU instance {gi}")
+        self._append(
+            {"kind": "mig_busy", "gpu": self._gpu(gpu).uuid, "gi": gi, "value": int(busy)}
+        )
+
+    def create_mig_device(
+        self, gpu: int, profile: str, placement: int | None = None
+    ) -> TopologyMig:
+        """Create a MIG device (GI + its CI) through the library's NVML calls, in another
+        process (`mig-create`), as nvidia-smi does; errors are NVML's."""
+        argv = [str(gpu), profile] + ([] if placement is None else ["--placement", str(placement)])
+        out = self._mig_cli("mig-create", argv)
+        return TopologyMig(**out)
+
+    def destroy_mig_device(self, gpu: int, gi: int) -> None:
+        """Destroy a MIG device (its CI, then its GI) through the library (`mig-destroy`)."""
+        self._mig_cli("mig-destroy", [str(gpu), str(gi)])
+
+    def _mig_cli(self, command: str, argv: list[str]) -> dict[str, Any]:
+        import subprocess
+
+        cmd = [sys.executable, "-m", "dra_driver.testing.fakenvml", command,
+               "--topology", str(self.topology.path), "--faults", str(self.fault_log), *argv]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise FakeNvmlError(done.stderr.strip().removeprefix("error: ") or command)
+        result: dict[str, Any] = json.loads(done.stdout or "{}")
+        return result
 
     def recover(self, gpu: int | None = None) -> None:
         """Clear one GPU's faults (or every GPU's), as after a GPU reset."""
@@ -713,6 +911,28 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fn", help="NVML function, e.g. nvmlDeviceGetTemperature")
         if name == "delay":
             p.add_argument("--ms", type=int, required=True, help="milliseconds added per call")
+    p = kind("fail", "calls of an NVML function answer an error code", gpu_required=False)
+    p.add_argument("--fn", required=True, help="NVML function, e.g. nvmlGpuInstanceDestroy")
+    p.add_argument("--rc", type=int, required=True, help="nvmlReturn_t, e.g. 23, 19, 4")
+    p.add_argument("--count", type=int, default=0, help="calls to fail (0: until released)")
+    p = kind("mig-busy", "processes run on a MIG device (destroy answers IN_USE)")
+    p.add_argument("--gi", type=int, required=True, help="its GPU instance id")
+    p.add_argument("--idle", action="store_true", help="no processes on it any more")
+
+    def layout_command(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--topology", help=f"topology name or path (default: ${ENV_TOPOLOGY})")
+        p.add_argument("--faults", type=Path, help="fault log (as for inject)")
+        return p
+
+    p = layout_command("mig-create", "create a MIG device (GPU + compute instance), as an operator")
+    p.add_argument("gpu", type=int, help="GPU index")
+    p.add_argument("profile", help='GI profile name ("1g.5gb") or id')
+    p.add_argument("--placement", type=int, help="start memory slice (default: the first free)")
+    p = layout_command("mig-destroy", "destroy a MIG device (its compute, then GPU instance)")
+    p.add_argument("gpu", type=int, help="GPU index")
+    p.add_argument("gi", type=int, help="GPU instance id")
+    layout_command("mig-list", "print every GPU's MIG devices now (JSON)")
     return parser
 
 
@@ -752,6 +972,130 @@ def _inject(args: argparse.Namespace) -> None:
         inj.delay(args.ms, args.gpu, args.fn)
     elif k == "release":
         inj.release(args.gpu, args.fn)
+    elif k == "fail":
+        inj.fail(args.fn, args.rc, args.gpu, args.count)
+    elif k == "mig-busy":
+        inj.mig_busy(args.gpu, args.gi, busy=not args.idle)
+
+
+def _layout_target(args: argparse.Namespace) -> tuple[Topology, Path]:
+    topo = load_topology(args.topology)
+    log = args.faults or fault_log_of(topo.name)
+    if log is None:
+        raise FakeNvmlError(
+            f"no fault log: give --faults PATH or set {ENV_FAULTS} (a MIG change lives in the "
+            "log every process of the node folds)"
+        )
+    return topo, log
+
+
+def _with_library(topo: Topology, log: Path) -> Any:
+    """nvidia-ml-py on the fake, initialised for this node (this process only)."""
+    os.environ[ENV_TOPOLOGY] = str(topo.path)
+    os.environ[ENV_FAULTS] = str(log)
+    nvml = load_into_pynvml()
+    nvml.nvmlInit()
+    return nvml
+
+
+def _nvml_failure(exc: Exception, what: str) -> FakeNvmlError:
+    return FakeNvmlError(f"{what}: {exc} (nvml rc={getattr(exc, 'value', '?')})")
+
+
+def _mig_create(args: argparse.Namespace) -> dict[str, Any]:
+    topo, log = _layout_target(args)
+    profile_id = profile_id_of(topo, args.gpu, args.profile)
+    nvml = _with_library(topo, log)
+    try:
+        dev = nvml.nvmlDeviceGetHandleByIndex(args.gpu)
+        try:
+            if args.placement is None:
+                gi = nvml.nvmlDeviceCreateGpuInstance(dev, profile_id)
+            else:
+                placement = nvml.c_nvmlGpuInstancePlacement_t()
+                placement.start = args.placement
+                placement.size = _placement_size(topo, args.gpu, profile_id)
+                # nvidia-ml-py passes the placement as given: it must be a pointer.
+                gi = nvml.nvmlDeviceCreateGpuInstanceWithPlacement(
+                    dev, profile_id, ctypes.byref(placement)
+                )
+        except nvml.NVMLError as exc:
+            raise _nvml_failure(exc, f"cannot create a GPU instance on GPU {args.gpu}") from exc
+        gi_info = nvml.nvmlGpuInstanceGetInfo(gi)
+        try:
+            slices = _slice_count(topo, args.gpu, profile_id)
+            ci_profile = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                gi, _CI_PROFILE_BY_SLICES[slices], 0
+            )
+            ci = nvml.nvmlGpuInstanceCreateComputeInstance(gi, ci_profile.id)
+        except nvml.NVMLError as exc:
+            nvml.nvmlGpuInstanceDestroy(gi)
+            raise _nvml_failure(exc, "cannot create the compute instance") from exc
+        ci_info = nvml.nvmlComputeInstanceGetInfo(ci)
+        uuid = ""
+        for i in range(nvml.nvmlDeviceGetMaxMigDeviceCount(dev)):
+            try:
+                mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(dev, i)
+            except nvml.NVMLError:
+                continue
+            if nvml.nvmlDeviceGetGpuInstanceId(mig) == gi_info.id:
+                uuid = _text(nvml.nvmlDeviceGetUUID(mig))
+        return {"profile_id": profile_id, "placement_start": gi_info.placement.start,
+                "gi_id": gi_info.id, "ci_id": ci_info.id, "uuid": uuid}
+    finally:
+        nvml.nvmlShutdown()
+
+
+def _mig_destroy(args: argparse.Namespace) -> dict[str, Any]:
+    topo, log = _layout_target(args)
+    nvml = _with_library(topo, log)
+    try:
+        dev = nvml.nvmlDeviceGetHandleByIndex(args.gpu)
+        try:
+            gi = nvml.nvmlDeviceGetGpuInstanceById(dev, args.gi)
+        except nvml.NVMLError as exc:
+            raise _nvml_failure(exc, f"GPU {args.gpu} has no GPU instance {args.gi}") from exc
+        try:
+            for profile in range(_CI_PROFILE_COUNT):
+                cis = (nvml.c_nvmlComputeInstance_t * 8)()
+                count = ctypes.c_uint(len(cis))
+                try:
+                    nvml.nvmlGpuInstanceGetComputeInstances(gi, profile, cis, ctypes.byref(count))
+                except nvml.NVMLError:
+                    continue
+                for ci in cis[: count.value]:
+                    nvml.nvmlComputeInstanceDestroy(ci)
+            nvml.nvmlGpuInstanceDestroy(gi)
+        except nvml.NVMLError as exc:
+            raise _nvml_failure(exc, f"cannot destroy GPU instance {args.gi}") from exc
+        return {"gpu": args.gpu, "gi_id": args.gi}
+    finally:
+        nvml.nvmlShutdown()
+
+
+# NVML_COMPUTE_INSTANCE_PROFILE_* by slice count (nvml.h), as nvidia-smi's default CI.
+_CI_PROFILE_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4, 8: 5, 6: 6}
+_CI_PROFILE_COUNT = 9
+
+
+def _profile_raw(topo: Topology, gpu: int, profile_id: int) -> Mapping[str, Any]:
+    model = topo.raw["models"][topo.gpu(gpu).model]
+    for p in model["mig"]["profiles"]:
+        if int(p["id"]) == profile_id:
+            return dict(p)
+    raise FakeNvmlError(f"GPU {gpu} has no profile id {profile_id}")
+
+
+def _placement_size(topo: Topology, gpu: int, profile_id: int) -> int:
+    return int(_profile_raw(topo, gpu, profile_id)["placement_size"])
+
+
+def _slice_count(topo: Topology, gpu: int, profile_id: int) -> int:
+    return int(_profile_raw(topo, gpu, profile_id)["slices"])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -764,6 +1108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 topo = load_topology(name)
                 desc = topo.raw.get("description", "")
                 print(f"{name}\t{len(topo.gpus)} GPUs\tdriver {topo.driver_version}\t{desc}")
+        elif args.command == "mig-create":
+            print(json.dumps(_mig_create(args)))
+        elif args.command == "mig-destroy":
+            print(json.dumps(_mig_destroy(args)))
+        elif args.command == "mig-list":
+            topo, log = _layout_target(args)
+            layout = current_migs(topo, log)
+            print(json.dumps({str(g): [asdict(m) for m in migs] for g, migs in layout.items()}))
         else:
             _inject(args)
     except FakeNvmlError as exc:

@@ -51,7 +51,7 @@ FAKE_API(nvmlDeviceGetHandleByUUID, (const char *uuid, nvmlDevice_t *device), (u
             return NVML_SUCCESS;
         }
         for (int j = 0; g->mig_current && j < g->mig_count; j++) {
-            if (strcasecmp(g->migs[j].uuid, uuid) == 0) {
+            if (g->migs[j].state == FAKE_SLOT_MIG && strcasecmp(g->migs[j].uuid, uuid) == 0) {
                 if (g->health.lost) return NVML_ERROR_GPU_IS_LOST;
                 *device = &g_mig_handles[i][j];
                 return NVML_SUCCESS;
@@ -319,7 +319,10 @@ FAKE_API(nvmlDeviceGetMigDeviceHandleByIndex,
     if (!g->mig_capable) return NVML_ERROR_NOT_SUPPORTED;
     if (migDevice == NULL || !g->mig_current || index >= g->max_mig_devices)
         return NVML_ERROR_INVALID_ARGUMENT;
-    if (index >= (unsigned int)g->mig_count) return NVML_ERROR_NOT_FOUND;
+    /* A slot whose instance was destroyed (or that holds a GPU instance
+     * without a compute instance) is a hole, as on a real GPU. */
+    if (index >= (unsigned int)g->mig_count || g->migs[index].state != FAKE_SLOT_MIG)
+        return NVML_ERROR_NOT_FOUND;
     *migDevice = &g_mig_handles[g->index][index];
     return NVML_SUCCESS;
 }
@@ -527,9 +530,13 @@ FAKE_API(nvmlDeviceGetGpuInstanceRemainingCapacity,
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     if (!g->mig_current) return NVML_ERROR_NOT_SUPPORTED;
     unsigned int used = 0, free_count = 0;
+    unsigned int live = 0, same = 0;
     for (int i = 0; i < g->mig_count; i++) {
+        if (g->migs[i].state == FAKE_SLOT_FREE) continue;
         const fake_profile *q = mig_profile(g, &g->migs[i]);
         used |= ((1u << q->placement_size) - 1) << g->migs[i].placement_start;
+        live++;
+        same += q == p;
     }
     for (unsigned int k = 0; k < p->placement_count; k++) {
         unsigned int mask = ((1u << p->placement_size) - 1) << p->placements[k];
@@ -538,6 +545,11 @@ FAKE_API(nvmlDeviceGetGpuInstanceRemainingCapacity,
             used |= mask;
         }
     }
+    /* Also bounded by the GPU's instance limit and the profile's own. */
+    unsigned int room = live < g->max_mig_devices ? g->max_mig_devices - live : 0;
+    unsigned int prof_room = same < p->instance_count ? p->instance_count - same : 0;
+    if (free_count > room) free_count = room;
+    if (free_count > prof_room) free_count = prof_room;
     *count = free_count;
     return NVML_SUCCESS;
 }
@@ -562,7 +574,8 @@ FAKE_API(nvmlDeviceGetGpuInstances,
     if (gpuInstances == NULL || count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     unsigned int n = 0;
     for (int i = 0; i < g->mig_count; i++)
-        if (mig_profile(g, &g->migs[i]) == p) gpuInstances[n++] = &g_gi_handles[g->index][i];
+        if (g->migs[i].state != FAKE_SLOT_FREE && mig_profile(g, &g->migs[i]) == p)
+            gpuInstances[n++] = &g_gi_handles[g->index][i];
     *count = n;
     return NVML_SUCCESS;
 }
@@ -575,7 +588,7 @@ FAKE_API(nvmlDeviceGetGpuInstanceById,
     if (rc != NVML_SUCCESS) return rc;
     if (gpuInstance == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     for (int i = 0; i < g->mig_count; i++) {
-        if (g->migs[i].gi_id == id) {
+        if (g->migs[i].state != FAKE_SLOT_FREE && g->migs[i].gi_id == id) {
             *gpuInstance = &g_gi_handles[g->index][i];
             return NVML_SUCCESS;
         }
@@ -593,12 +606,15 @@ static int in_table(const void *h, const void *base, size_t elem, int *gpu, int 
     return 1;
 }
 
-/* Validate a GI or CI handle: the slot must still hold a MIG device. */
-static nvmlReturn_t resolve_instance(const void *h, const void *base, size_t elem, fake_gpu **g,
-                                     fake_mig **m) {
+/* Validate a GI or CI handle: the slot must still hold a GPU instance (a GI
+ * handle) or a GPU instance with its compute instance (a CI handle). */
+nvmlReturn_t fake_resolve_instance(const void *h, const void *base, size_t elem, fake_gpu **g,
+                                   fake_mig **m) {
     int gi, slot;
+    int need = base == (const void *)g_ci_handles ? FAKE_SLOT_MIG : FAKE_SLOT_GI;
     if (!in_table(h, base, elem, &gi, &slot) || gi >= g_sys.gpu_count ||
-        slot >= g_gpus[gi].mig_count || !g_gpus[gi].mig_current)
+        slot >= g_gpus[gi].mig_count || g_gpus[gi].migs[slot].state < need ||
+        !g_gpus[gi].mig_current)
         return NVML_ERROR_INVALID_ARGUMENT;
     *g = &g_gpus[gi];
     *m = &g_gpus[gi].migs[slot];
@@ -609,7 +625,7 @@ FAKE_API(nvmlGpuInstanceGetInfo, (nvmlGpuInstance_t gpuInstance, nvmlGpuInstance
          (gpuInstance, info)) {
     fake_gpu *g;
     fake_mig *m;
-    nvmlReturn_t rc = resolve_instance(gpuInstance, g_gi_handles, sizeof g_gi_handles[0][0], &g,
+    nvmlReturn_t rc = fake_resolve_instance(gpuInstance, g_gi_handles, sizeof g_gi_handles[0][0], &g,
                                        &m);
     if (rc != NVML_SUCCESS) return rc;
     if (info == NULL) return NVML_ERROR_INVALID_ARGUMENT;
@@ -623,7 +639,7 @@ FAKE_API(nvmlGpuInstanceGetInfo, (nvmlGpuInstance_t gpuInstance, nvmlGpuInstance
 
 /* Every GI in a topology holds one compute instance spanning the whole GI, so
  * its CI profile is the NVML_COMPUTE_INSTANCE_PROFILE_* of the GI's slice count. */
-static unsigned int ci_profile_of(const fake_profile *p) {
+unsigned int ci_profile_of(const fake_profile *p) {
     switch (p->slice_count) {
     case 1: return NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE;
     case 2: return NVML_COMPUTE_INSTANCE_PROFILE_2_SLICE;
@@ -640,11 +656,11 @@ FAKE_API(nvmlGpuInstanceGetComputeInstanceById,
          (gpuInstance, id, computeInstance)) {
     fake_gpu *g;
     fake_mig *m;
-    nvmlReturn_t rc = resolve_instance(gpuInstance, g_gi_handles, sizeof g_gi_handles[0][0], &g,
+    nvmlReturn_t rc = fake_resolve_instance(gpuInstance, g_gi_handles, sizeof g_gi_handles[0][0], &g,
                                        &m);
     if (rc != NVML_SUCCESS) return rc;
     if (computeInstance == NULL) return NVML_ERROR_INVALID_ARGUMENT;
-    if (m->ci_id != id) return NVML_ERROR_NOT_FOUND;
+    if (m->state != FAKE_SLOT_MIG || m->ci_id != id) return NVML_ERROR_NOT_FOUND;
     *computeInstance = &g_ci_handles[g->index][m - g->migs];
     return NVML_SUCCESS;
 }
@@ -655,14 +671,14 @@ FAKE_API(nvmlGpuInstanceGetComputeInstances,
          (gpuInstance, profileId, computeInstances, count)) {
     fake_gpu *g;
     fake_mig *m;
-    nvmlReturn_t rc = resolve_instance(gpuInstance, g_gi_handles, sizeof g_gi_handles[0][0], &g,
+    nvmlReturn_t rc = fake_resolve_instance(gpuInstance, g_gi_handles, sizeof g_gi_handles[0][0], &g,
                                        &m);
     if (rc != NVML_SUCCESS) return rc;
     if (computeInstances == NULL || count == NULL ||
         profileId >= NVML_COMPUTE_INSTANCE_PROFILE_COUNT)
         return NVML_ERROR_INVALID_ARGUMENT;
     *count = 0;
-    if (ci_profile_of(mig_profile(g, m)) == profileId) {
+    if (m->state == FAKE_SLOT_MIG && ci_profile_of(mig_profile(g, m)) == profileId) {
         computeInstances[0] = &g_ci_handles[g->index][m - g->migs];
         *count = 1;
     }
@@ -672,7 +688,7 @@ FAKE_API(nvmlGpuInstanceGetComputeInstances,
 static nvmlReturn_t ci_info(nvmlComputeInstance_t computeInstance, nvmlComputeInstanceInfo_t *info) {
     fake_gpu *g;
     fake_mig *m;
-    nvmlReturn_t rc = resolve_instance(computeInstance, g_ci_handles, sizeof g_ci_handles[0][0],
+    nvmlReturn_t rc = fake_resolve_instance(computeInstance, g_ci_handles, sizeof g_ci_handles[0][0],
                                        &g, &m);
     if (rc != NVML_SUCCESS) return rc;
     if (info == NULL) return NVML_ERROR_INVALID_ARGUMENT;

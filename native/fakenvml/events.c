@@ -55,9 +55,11 @@ static struct nvmlEventSet_st *resolve_set(nvmlEventSet_t set) {
     return set->in_use ? set : NULL;
 }
 
-/* The topology's event types, plus the recovery-action event on drivers that have it (565+). */
+/* The topology's event types, plus the recovery-action event on drivers that have it (565+)
+ * and, on MIG-capable GPUs, MIG configuration changes (a GI/CI created or destroyed). */
 static unsigned long long supported(const fake_gpu *g) {
-    return g->supported_events | (fake_has_recovery_action() ? nvmlEventTypeGpuRecoveryAction : 0);
+    return g->supported_events | (fake_has_recovery_action() ? nvmlEventTypeGpuRecoveryAction : 0) |
+           (g->mig_capable ? nvmlEventMigConfigChange : 0);
 }
 
 FAKE_API(nvmlEventSetCreate, (nvmlEventSet_t *set), (set)) {

@@ -88,11 +88,19 @@ struct nvmlComputeInstance_st {
     int mig_slot;
 };
 
+/* What a MIG slot holds. Slots keep their index for the instance's life
+ * (handles point at them), so a destroyed instance leaves a hole. */
+#define FAKE_SLOT_FREE 0
+#define FAKE_SLOT_GI 1  /* a GPU instance without its compute instance: no MIG device */
+#define FAKE_SLOT_MIG 2 /* GPU instance + compute instance: a MIG device */
+
 typedef struct {
+    int state; /* FAKE_SLOT_* */
     int profile; /* index into gpu->profiles */
     unsigned int placement_start;
     unsigned int gi_id;
     unsigned int ci_id;
+    int busy; /* processes on it (a "mig_busy" record): destroy answers IN_USE */
     char uuid[FAKE_STR];
 } fake_mig;
 
@@ -122,7 +130,7 @@ typedef struct fake_gpu {
     unsigned int memory_slices;
     int profile_count;
     fake_profile profiles[FAKE_MAX_PROFILES];
-    int mig_count;
+    int mig_count; /* slots in use or holes below the highest used one */
     fake_mig migs[FAKE_MAX_MIG_PER_GPU];
     int topo_mig_count; /* the topology's layout, restored when the fault log is refolded */
     fake_mig topo_migs[FAKE_MAX_MIG_PER_GPU];
@@ -155,6 +163,13 @@ typedef enum {
     FAULT_DELAY,           /* ... each take ms longer */
     FAULT_RELEASE,         /* lifts the hangs and delays matching fn / gpu */
     FAULT_RECOVERY_ACTION, /* the GPU's recovery action becomes value (and an event says so) */
+    /* MIG layout changes (migmgmt.c writes them; every process folds them): */
+    FAULT_GI_CREATE,  /* profile_id, start, gi */
+    FAULT_CI_CREATE,  /* gi, ci, uuid */
+    FAULT_CI_DESTROY, /* gi, ci */
+    FAULT_GI_DESTROY, /* gi */
+    FAULT_MIG_BUSY,   /* gi, value: processes run on it (1) or not (0) */
+    FAULT_FAIL,       /* calls of fn on gpu answer rc, count times (0: until released) */
     /* Operator actions, not faults: a static MIG re-layout (nvidia-smi mig -dgi / -cgi). */
     FAULT_MIG_DESTROY, /* the MIG device with GPU instance gi is destroyed */
     FAULT_MIG_CREATE,  /* a MIG device of GI profile value is created (at placement, as gi) */
@@ -178,9 +193,11 @@ typedef struct {
     char fn[FAKE_FN_LEN]; /* hang / delay / release: NVML function name, "" = any */
     unsigned int ms;      /* delay */
     long long action;     /* xid: recovery action it sets (-1: none given) */
+    unsigned int profile_id, start; /* gi_create */
+    unsigned int rc, count;         /* fail */
     /* mig_create: placement (FAKE_NO_ID: the first free one), uuid ("" = derived) */
     unsigned int placement;
-    char uuid[FAKE_STR];
+    char uuid[FAKE_STR]; /* ci_create, mig_create */
 } fault_record;
 
 /* One active hang or delay (folded from the log). */
@@ -190,6 +207,14 @@ typedef struct {
     int hang;
     unsigned int delay_ms;
 } fake_stall_entry;
+
+/* One active "fail" fault (folded from the log). */
+typedef struct {
+    int gpu; /* physical index, -1 = every GPU */
+    char fn[FAKE_FN_LEN];
+    nvmlReturn_t rc;
+    unsigned int left; /* calls still to fail; 0 = until released */
+} fake_fail_entry;
 
 /* Globals (defined in state.c). */
 extern pthread_mutex_t g_lock;
@@ -218,10 +243,19 @@ int fake_fault_events(const fault_record *rec, nvmlEventData_t *out, int max);
    active hang/delay faults say, with g_lock released meanwhile. Returns
    UNINITIALIZED when NVML was shut down during the wait, else SUCCESS. */
 nvmlReturn_t fake_stall(const char *fn, int gpu);
+/* g_lock held: the rc an active "fail" fault gives this call of fn on gpu
+   (consuming one of its count), or NVML_SUCCESS. */
+nvmlReturn_t fake_fail(const char *fn, int gpu);
+/* g_lock held: fold one record line into this process only (no fault log). */
+int fake_faults_fold_line(const char *line, char *why, size_t whylen);
 /* The physical GPU a handle (device, MIG, GPU or compute instance) belongs to, or -1. */
 int fake_handle_gpu(uintptr_t handle);
 /* Whether this driver version knows NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (565+). */
 int fake_has_recovery_action(void);
+
+/* migmgmt.c: apply a folded MIG record to the model (g_lock held). */
+void fake_mig_apply(const fault_record *r);
+void fake_mig_reset(void); /* back to the topology's layout */
 
 /* events.c */
 void fake_events_reset(void);

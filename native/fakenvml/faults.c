@@ -46,6 +46,8 @@ static uint64_t g_gen_seen;
 static long long g_last_stat_ms;
 static fake_stall_entry g_stalls[FAKE_MAX_STALLS];
 static int g_stall_count;
+static fake_fail_entry g_fails[FAKE_MAX_STALLS];
+static int g_fail_count;
 
 #define FALLBACK_MS 100
 #define STALL_POLL_MS 10
@@ -103,6 +105,7 @@ int fake_faults_open(char *err, size_t errlen) {
         g_fold_off = 0;
         g_record_count = 0;
         g_stall_count = 0;
+        g_fail_count = 0;
         g_gen_map = NULL;
         return 0;
     }
@@ -125,6 +128,7 @@ int fake_faults_open(char *err, size_t errlen) {
     g_fold_off = 0;
     g_record_count = 0;
     g_stall_count = 0;
+    g_fail_count = 0;
     g_gen_map = NULL;
     map_generation();
     g_gen_seen = g_gen_map ? *g_gen_map : 0;
@@ -141,6 +145,43 @@ void fake_faults_close(void) {
     g_records = NULL;
     g_record_count = g_record_cap = 0;
     g_fold_off = 0;
+}
+
+/* Drop the "fail" faults of gpu (-1: every entry) for fn (NULL: any function). */
+static void fails_release(int gpu, const char *fn) {
+    int kept = 0;
+    for (int i = 0; i < g_fail_count; i++) {
+        const fake_fail_entry *e = &g_fails[i];
+        int hit = (gpu < 0 || e->gpu == gpu) && (fn == NULL || strcmp(e->fn, fn) == 0);
+        if (!hit) g_fails[kept++] = *e;
+    }
+    g_fail_count = kept;
+}
+
+static void fails_set(const fault_record *r) {
+    fails_release(r->gpu, r->fn);
+    if (g_fail_count == FAKE_MAX_STALLS) {
+        fake_warn("more than %d fail faults active; record dropped", FAKE_MAX_STALLS);
+        return;
+    }
+    fake_fail_entry *e = &g_fails[g_fail_count++];
+    e->gpu = r->gpu;
+    snprintf(e->fn, sizeof e->fn, "%s", r->fn);
+    e->rc = (nvmlReturn_t)r->rc;
+    e->left = r->count;
+}
+
+nvmlReturn_t fake_fail(const char *fn, int gpu) {
+    for (int i = 0; i < g_fail_count; i++) {
+        fake_fail_entry *e = &g_fails[i];
+        if (strcmp(e->fn, fn) != 0 || (e->gpu != -1 && e->gpu != gpu)) continue;
+        nvmlReturn_t rc = e->rc;
+        if (e->left > 0 && --e->left == 0) { /* the last of its count: drop it */
+            g_fails[i] = g_fails[--g_fail_count];
+        }
+        return rc;
+    }
+    return NVML_SUCCESS;
 }
 
 /* Drop the stalls of gpu (-1: every entry) for fn (NULL: any function). */
@@ -235,90 +276,23 @@ static void recover_gpu(fake_gpu *g) {
     g->health.compute_mode = mode;
 }
 
-/* --- operator MIG re-layout (mig_destroy / mig_create records) --------------------- */
-
-static int mig_uuid_taken(const char *uuid) {
-    for (int i = 0; i < g_sys.gpu_count; i++)
-        for (int j = 0; j < g_gpus[i].mig_count; j++)
-            if (strcasecmp(g_gpus[i].migs[j].uuid, uuid) == 0) return 1;
-    return 0;
-}
-
-static void mig_destroy(fake_gpu *g, unsigned int gi) {
-    for (int j = 0; j < g->mig_count; j++) {
-        if (g->migs[j].gi_id != gi) continue;
-        memmove(&g->migs[j], &g->migs[j + 1], (size_t)(g->mig_count - j - 1) * sizeof g->migs[0]);
-        g->mig_count--;
-        return;
-    }
-    fake_warn("mig_destroy: GPU %u has no GPU instance %u; nothing destroyed", g->index, gi);
-}
-
-static void mig_create(fake_gpu *g, const fault_record *r) {
-    if (!g->mig_current) {
-        fake_warn("mig_create: GPU %u is not in MIG mode; nothing created", g->index);
-        return;
-    }
-    if ((unsigned int)g->mig_count >= g->max_mig_devices || g->mig_count >= FAKE_MAX_MIG_PER_GPU) {
-        fake_warn("mig_create: GPU %u has no room for another MIG device", g->index);
-        return;
-    }
-    int profile = -1;
-    for (int p = 0; p < g->profile_count; p++)
-        if (g->profiles[p].id == r->value) profile = p;
-    if (profile < 0) {
-        fake_warn("mig_create: GPU %u has no GPU instance profile %u", g->index, r->value);
-        return;
-    }
-    const fake_profile *pr = &g->profiles[profile];
-    unsigned int used = 0;
-    for (int i = 0; i < g->mig_count; i++) {
-        const fake_profile *q = &g->profiles[g->migs[i].profile];
-        used |= ((1u << q->placement_size) - 1) << g->migs[i].placement_start;
-    }
-    unsigned int mask = (1u << pr->placement_size) - 1;
-    int start = -1;
-    for (unsigned int k = 0; k < pr->placement_count && start < 0; k++) {
-        unsigned int at = pr->placements[k];
-        if ((r->placement == FAKE_NO_ID || r->placement == at) && !(used & (mask << at)))
-            start = (int)at;
-    }
-    if (start < 0) {
-        fake_warn("mig_create: no free placement for profile %u on GPU %u", r->value, g->index);
-        return;
-    }
-    unsigned int gi = r->gi;
-    if (gi == FAKE_NO_ID) {
-        for (gi = 1; gi <= 64; gi++) {
-            int taken = 0;
-            for (int i = 0; i < g->mig_count; i++) taken |= g->migs[i].gi_id == gi;
-            if (!taken) break;
-        }
-    }
-    for (int i = 0; i < g->mig_count; i++) {
-        if (g->migs[i].gi_id == gi) {
-            fake_warn("mig_create: GPU %u already has GPU instance %u", g->index, gi);
-            return;
-        }
-    }
-    fake_mig m = {.profile = profile, .placement_start = (unsigned int)start, .gi_id = gi};
-    if (r->uuid[0]) {
-        snprintf(m.uuid, sizeof m.uuid, "%s", r->uuid);
-    } else {
-        snprintf(m.uuid, sizeof m.uuid, "MIG-%08x-0000-4000-8000-%012x", g->index + 1, gi);
-    }
-    if (mig_uuid_taken(m.uuid)) {
-        fake_warn("mig_create: MIG uuid %s already exists; nothing created", m.uuid);
-        return;
-    }
-    g->migs[g->mig_count++] = m;
-}
-
 static void apply(const fault_record *r) {
     if (r->kind == FAULT_RECOVER && r->gpu < 0) {
         for (int i = 0; i < g_sys.gpu_count; i++) recover_gpu(&g_gpus[i]);
         g_stall_count = 0;
+        g_fail_count = 0;
         return;
+    }
+    switch (r->kind) {
+    case FAULT_GI_CREATE:
+    case FAULT_CI_CREATE:
+    case FAULT_CI_DESTROY:
+    case FAULT_GI_DESTROY:
+    case FAULT_MIG_BUSY:
+    case FAULT_MIG_DESTROY:
+    case FAULT_MIG_CREATE: fake_mig_apply(r); return;
+    case FAULT_FAIL: fails_set(r); return;
+    default: break;
     }
     if (r->kind == FAULT_HANG || r->kind == FAULT_DELAY) {
         stalls_set(r);
@@ -326,6 +300,7 @@ static void apply(const fault_record *r) {
     }
     if (r->kind == FAULT_RELEASE) {
         stalls_release(r->gpu, r->fn[0] ? r->fn : NULL);
+        fails_release(r->gpu, r->fn[0] ? r->fn : NULL);
         return;
     }
     fake_health *h = &g_gpus[r->gpu].health;
@@ -336,7 +311,13 @@ static void apply(const fault_record *r) {
     case FAULT_RECOVERY_ACTION: h->recovery_action = r->value; break;
     case FAULT_HANG:
     case FAULT_DELAY:
-    case FAULT_RELEASE: break; /* handled above */
+    case FAULT_RELEASE:
+    case FAULT_GI_CREATE:
+    case FAULT_CI_CREATE:
+    case FAULT_CI_DESTROY:
+    case FAULT_GI_DESTROY:
+    case FAULT_MIG_BUSY:
+    case FAULT_FAIL: break; /* handled above */
     case FAULT_LOST: h->lost = 1; break;
     case FAULT_ECC:
         h->ecc_volatile[NVML_MEMORY_ERROR_TYPE_CORRECTED] += r->corrected;
@@ -357,9 +338,10 @@ static void apply(const fault_record *r) {
     case FAULT_RECOVER:
         recover_gpu(&g_gpus[r->gpu]);
         stalls_release(r->gpu, NULL);
+        fails_release(r->gpu, NULL);
         break;
-    case FAULT_MIG_DESTROY: mig_destroy(&g_gpus[r->gpu], r->gi); break;
-    case FAULT_MIG_CREATE: mig_create(&g_gpus[r->gpu], r); break;
+    case FAULT_MIG_DESTROY:
+    case FAULT_MIG_CREATE: break; /* handled above */
     }
 }
 
@@ -411,6 +393,13 @@ static int parse_line(const char *line, fault_record *r, char *why, size_t whyle
                  {"delay", FAULT_DELAY},
                  {"release", FAULT_RELEASE},
                  {"recovery_action", FAULT_RECOVERY_ACTION},
+                 {"gi_create", FAULT_GI_CREATE},
+                 {"ci_create", FAULT_CI_CREATE},
+                 {"ci_destroy", FAULT_CI_DESTROY},
+                 {"gi_destroy", FAULT_GI_DESTROY},
+                 {"mig_busy", FAULT_MIG_BUSY},
+                 {"fail", FAULT_FAIL},
+
                  {"mig_destroy", FAULT_MIG_DESTROY},
                  {"mig_create", FAULT_MIG_CREATE}};
     int found = 0;
@@ -437,7 +426,7 @@ static int parse_line(const char *line, fault_record *r, char *why, size_t whyle
             goto out;
         }
     } else if (r->kind != FAULT_RECOVER && r->kind != FAULT_HANG && r->kind != FAULT_DELAY &&
-               r->kind != FAULT_RELEASE) {
+               r->kind != FAULT_RELEASE && r->kind != FAULT_FAIL) {
         snprintf(why, whylen, "missing \"gpu\"");
         goto out;
     }
@@ -459,14 +448,25 @@ static int parse_line(const char *line, fault_record *r, char *why, size_t whyle
         }
         r->action = (long long)action->valuedouble;
     }
-    unsigned long long gi, ci, val, ms;
+    const cJSON *uuid = cJSON_GetObjectItemCaseSensitive(o, "uuid");
+    if (uuid != NULL) {
+        if (!cJSON_IsString(uuid) || strlen(uuid->valuestring) >= FAKE_STR ||
+            strncmp(uuid->valuestring, "MIG-", 4) != 0) {
+            snprintf(why, whylen, "\"uuid\" must be a MIG-... string");
+            goto out;
+        }
+        snprintf(r->uuid, sizeof r->uuid, "%s", uuid->valuestring);
+    }
+    unsigned long long gi, ci, val, ms, profile_id, start, frc, count;
     const fake_gpu *g = r->gpu >= 0 ? &g_gpus[r->gpu] : NULL;
     int bad = num_field(o, "xid", 0, &r->xid) || num_field(o, "gi", FAKE_NO_ID, &gi) ||
               num_field(o, "ci", FAKE_NO_ID, &ci) ||
               num_field(o, "corrected", 0, &r->corrected) ||
               num_field(o, "uncorrected", 0, &r->uncorrected) ||
               num_field(o, "reasons", 0, &r->reasons) || num_field(o, "value", 0, &val) ||
-              num_field(o, "ms", 0, &ms) ||
+              num_field(o, "ms", 0, &ms) || num_field(o, "profile_id", 0, &profile_id) ||
+              num_field(o, "start", 0, &start) || num_field(o, "rc", 0, &frc) ||
+              num_field(o, "count", 0, &count) ||
               bool_field(o, "pending", -1, &r->pending) ||
               bool_field(o, "failure", -1, &r->failure);
     if (bad) {
@@ -477,6 +477,24 @@ static int parse_line(const char *line, fault_record *r, char *why, size_t whyle
     r->ci = (unsigned int)ci;
     r->value = (unsigned int)val;
     r->ms = ms > 600000 ? 600000 : (unsigned int)ms;
+    r->profile_id = (unsigned int)profile_id;
+    r->start = (unsigned int)start;
+    r->rc = (unsigned int)frc;
+    r->count = (unsigned int)count;
+    if (r->kind == FAULT_FAIL && (r->fn[0] == '\0' || r->rc == 0)) {
+        snprintf(why, whylen, "a fail needs \"fn\" and a non-zero \"rc\"");
+        goto out;
+    }
+    if ((r->kind == FAULT_GI_CREATE || r->kind == FAULT_CI_CREATE || r->kind == FAULT_CI_DESTROY ||
+         r->kind == FAULT_GI_DESTROY || r->kind == FAULT_MIG_BUSY) &&
+        r->gi == FAKE_NO_ID) {
+        snprintf(why, whylen, "a MIG record needs \"gi\"");
+        goto out;
+    }
+    if (r->kind == FAULT_CI_CREATE && (r->uuid[0] == '\0' || r->ci == FAKE_NO_ID)) {
+        snprintf(why, whylen, "a ci_create needs \"ci\" and \"uuid\"");
+        goto out;
+    }
     if (r->kind == FAULT_DELAY && r->ms == 0) {
         snprintf(why, whylen, "a delay needs \"ms\" > 0");
         goto out;
@@ -536,12 +554,10 @@ static void push_record(const fault_record *r) {
 }
 
 static void reset_state(void) {
-    for (int i = 0; i < g_sys.gpu_count; i++) {
-        g_gpus[i].health = g_gpus[i].defaults;
-        g_gpus[i].mig_count = g_gpus[i].topo_mig_count;
-        memcpy(g_gpus[i].migs, g_gpus[i].topo_migs, sizeof g_gpus[i].migs);
-    }
+    for (int i = 0; i < g_sys.gpu_count; i++) g_gpus[i].health = g_gpus[i].defaults;
+    fake_mig_reset();
     g_stall_count = 0;
+    g_fail_count = 0;
     g_record_count = 0;
     g_fold_off = 0;
 }
@@ -597,6 +613,14 @@ void fake_faults_refresh_force(void) {
     free(buf);
 }
 
+int fake_faults_fold_line(const char *line, char *why, size_t whylen) {
+    fault_record r;
+    if (parse_line(line, &r, why, whylen) != 0) return -1;
+    apply(&r);
+    push_record(&r);
+    return 0;
+}
+
 int fake_fault_events(const fault_record *r, nvmlEventData_t *out, int max) {
     int n = 0;
     nvmlEventData_t e;
@@ -635,6 +659,19 @@ int fake_fault_events(const fault_record *r, nvmlEventData_t *out, int max) {
         e.eventType = nvmlEventTypeGpuUnavailableError;
         e.eventData = 0;
         out[n++] = e;
+        break;
+    case FAULT_GI_CREATE:
+    case FAULT_CI_CREATE:
+    case FAULT_CI_DESTROY:
+    case FAULT_GI_DESTROY:
+        if (g_gpus[r->gpu].mig_capable) {
+            e.eventType = nvmlEventMigConfigChange;
+            e.gpuInstanceId = r->gi;
+            e.computeInstanceId = r->kind == FAULT_CI_CREATE || r->kind == FAULT_CI_DESTROY
+                                      ? r->ci
+                                      : FAKE_NO_ID;
+            out[n++] = e;
+        }
         break;
     case FAULT_ECC:
         if (r->corrected) {

@@ -60,7 +60,7 @@ nvmlReturn_t fake_resolve(nvmlDevice_t dev, fake_gpu **gpu, fake_mig **mig) {
                         FAKE_MAX_GPUS * FAKE_MAX_MIG_PER_GPU, &i)) {
         size_t gi = i / FAKE_MAX_MIG_PER_GPU, slot = i % FAKE_MAX_MIG_PER_GPU;
         if (gi >= (size_t)g_sys.gpu_count || slot >= (size_t)g_gpus[gi].mig_count ||
-            !g_gpus[gi].mig_current)
+            g_gpus[gi].migs[slot].state != FAKE_SLOT_MIG || !g_gpus[gi].mig_current)
             return NVML_ERROR_INVALID_ARGUMENT;
         *gpu = &g_gpus[gi];
         *mig = &g_gpus[gi].migs[slot];

@@ -417,6 +417,7 @@ static int parse_mig_devices(const cJSON *mig, const char *where, fake_gpu *g, c
         if (strncmp(m->uuid, "MIG-", 4) != 0) FAIL("%s: MIG uuid must start with \"MIG-\"", w);
         for (int k = 0; k < g->mig_count; k++)
             if (g->migs[k].gi_id == m->gi_id) FAIL("%s: duplicate gi_id %u", w, m->gi_id);
+        m->state = FAKE_SLOT_MIG;
         g->mig_count++;
     }
     return 0;

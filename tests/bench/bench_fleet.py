@@ -24,10 +24,10 @@ apiserver_longrunning_requests, apiserver_watch_events_*):
     the fleet) that makes the per-event cost visible within the window: each
     event is an XID 48 on a random GPU, which taints the device and clears
     after --health-hold s; slice writes/s and the request latency p50/p99;
-  * an API server restart (etcd kept), with a lasting fault (PCIe link x8)
-    injected on a tenth of the nodes while it is down: time until every node
-    watches again, and the writes per slice (one per changed slice, none for
-    the other nodes).
+  * an API server restart (etcd kept), with a lasting fault (row remapping
+    failed: Unhealthy, tainted) injected on a tenth of the nodes while it is
+    down: time until every node watches again, and the writes per slice (one
+    per changed slice, none for the other nodes).
 Then prints the per-node costs the paper extrapolation in the issue note uses.
 """
 
@@ -83,6 +83,7 @@ def cache_root() -> Path:
 def find_binary(name: str) -> Path:
     """The highest cached version of a component (either layout hack/cluster has used)."""
     root = cache_root()
+
     def version(path: Path) -> tuple[int, ...]:
         for part in reversed(path.parts):
             m = re.fullmatch(r"(?:[a-z-]*-)?v(\d+)\.(\d+)\.(\d+)", part)
@@ -511,9 +512,10 @@ def restart(
     changed_nodes: int,
     settle: float,
 ) -> None:
-    """Restart kube-apiserver (etcd stays) with a PCIe fault injected on some nodes meanwhile.
+    """Restart kube-apiserver (etcd stays) with a lasting fault injected on some nodes meanwhile.
 
-    The fault (link x8 of x16, a polled condition) lasts past the restart, so
+    The fault (row remapping failed: a polled Unhealthy condition, so a taint)
+    lasts past the restart, so
     each of those nodes has exactly one slice change to write once the server
     is back; every other node has none. Writes per slice are counted by
     metadata.generation (the server bumps it on every spec change).
@@ -535,7 +537,7 @@ def restart(
     hit = rng.sample(nodes, min(changed_nodes, len(nodes)))
     hit_gpu = {n.name: rng.randrange(gpus) for n in hit}
     for node in hit:  # these nodes have something to write once the server is back
-        node.faults.pcie(hit_gpu[node.name], 8)
+        node.faults.remap(hit_gpu[node.name], failure=True)
     time.sleep(2.0)
     ready = cp.start_apiserver()
     cpu0 = cp.cpu_seconds()  # the new apiserver's own start-up excluded
@@ -569,7 +571,7 @@ def restart(
         f"{dict(sorted(counts.items()))}; apiserver+etcd CPU {cpu:.2f} s; {load()}"
     )
     print(
-        f"  restart: {len(hit_names)} nodes got a PCIe fault while it was down ({want} slice(s) "
+        f"  restart: {len(hit_names)} nodes got a remap failure while it was down ({want} slice(s) "
         f"per node): {changed_of_hit} of their slices rewritten, most writes to one slice "
         f"{max(gen_delta.values(), default=0)} (target 1); slices of the other "
         f"{len(nodes) - len(hit_names)} nodes rewritten: {unchanged_written} (target 0); "
@@ -630,20 +632,24 @@ def run_fleet(n: int, args: argparse.Namespace, rng: random.Random) -> None:
             f"{rss_mib([x.plugin.pid for x in nodes]) / n:.1f} MiB per node"
         )
         field_rate = n * FIELD_RATE_PER_NODE_DAY / 86400
-        print(
-            "  flaps, field rate: "
-            + flaps(cp, nodes, field_rate, args.window, rng, gpus, args.hold)
-        )
-        print(
-            "  flaps, 100x: "
-            + flaps(cp, nodes, 100 * field_rate, args.window, rng, gpus, args.hold)
-        )
-        print("  flaps, storm: " + flaps(cp, nodes, args.storm, args.window, rng, gpus, args.hold))
+        if not args.no_flaps:
+            print(
+                "  flaps, field rate: "
+                + flaps(cp, nodes, field_rate, args.window, rng, gpus, args.hold)
+            )
+            print(
+                "  flaps, 100x: "
+                + flaps(cp, nodes, 100 * field_rate, args.window, rng, gpus, args.hold)
+            )
+            print(
+                "  flaps, storm: " + flaps(cp, nodes, args.storm, args.window, rng, gpus, args.hold)
+            )
         restart(cp, nodes, rng, gpus, want, max(1, n // 10), args.poll + 3)
         m = cp.metrics()
         print(
-            f"  totals: watch events {dict(m.watch_events)}; watch event bytes "
-            f"{ {k: int(v) for k, v in m.watch_bytes.items()} }"
+            f"  totals since the restart: resourceslices watch events "
+            f"{m.watch_events.get('resourceslices', 0):.0f}, "
+            f"{m.watch_bytes.get('resourceslices', 0) / 1024:.1f} KiB"
         )
     finally:
         for node in nodes:
@@ -665,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll", type=float, default=10.0, help="--health-poll-interval (default)")
     ap.add_argument("--timeout", type=float, default=300.0, help="start-up timeout")
     ap.add_argument("--seed", type=int, default=12)
+    ap.add_argument("--no-flaps", action="store_true", help="start and restart only")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     # SIGTERM (timeout(1), a CI job's cancel) unwinds like Ctrl-C: plugins and servers stop.

@@ -150,7 +150,7 @@ async def bench(args: argparse.Namespace) -> int:
                 topology=TOPOLOGY,
             )
             try:
-                plugin.wait_ready(30)
+                plugin.wait_ready(120)
                 print(f"plugin pid {plugin.pid}, RSS {plugin.rss_kib() / 1024:.1f} MiB at start")
                 print(
                     f"{args.clients} clients x prepare+unprepare for {args.duration:.0f}s, "

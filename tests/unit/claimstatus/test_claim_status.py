@@ -385,3 +385,19 @@ async def test_failed_prepares_write_nothing(rig: Rig) -> None:
     hooked = StatusReportingPreparer(_Inner(fail=True), rig.writer)
     assert (await hooked.prepare([ref]))[ref.uid].error == "boom"
     assert rig.writer.claims() == {}
+
+
+async def test_forbidden_is_configuration_not_retried_until_the_entries_change(rig: Rig) -> None:
+    ref = rig.claim(GPU, other=False)
+    rig.api.faults.fail_next(1, 403, method="PATCH")
+    rig.writer.prepared(ref, prepared(GPU))
+    await rig.settle()
+    await asyncio.sleep(0.2)
+    await rig.settle()
+    assert rig.api.requests.count(method="PATCH", status=403) == 1
+    assert rig.ours(ref) == {}
+    rig.board.update([DeviceHealth(GPU, Health.UNHEALTHY, "lost", "gpu-lost")])
+    await asyncio.sleep(0.05)
+    await rig.settle()
+    assert cond(rig.ours(ref)[GPU], HEALTHY)["reason"] == "GpuLost"
+

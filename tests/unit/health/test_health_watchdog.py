@@ -145,3 +145,34 @@ async def test_stop_is_bounded_with_a_sample_hung_in_nvml(rig: Rig) -> None:
     t0 = time.monotonic()
     await rig.monitor.stop()
     assert time.monotonic() - t0 < 1.5
+
+
+@pytest.mark.parametrize("backend_name", ["cffi", "nvidia-ml-py"])
+async def test_a_hung_event_registration_does_not_hang_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend_name: str
+) -> None:
+    try:
+        fakenvml.library_path()
+    except fakenvml.FakeNvmlError as e:
+        pytest.skip(str(e))
+    node = fakenvml.FakeNode("small", fault_log=tmp_path / "faults.jsonl")
+    node.reset_faults()
+    for key, value in node.env().items():
+        monkeypatch.setenv(key, value)
+    backend = open_backend(fakenvml.library_path(), backend_name)
+    inv = build_inventory(backend.inventory(), backend.name)
+    board = HealthBoard((d.name for d in inv.devices), Health.UNKNOWN, "not checked yet")
+    monitor = HealthMonitor(backend, inv, board, CONFIG)
+    node.faults.hang(fn="nvmlDeviceGetSupportedEventTypes")
+    t0 = time.monotonic()
+    try:
+        await monitor.start()
+        took = time.monotonic() - t0
+        assert took < 2 * DEADLINE + DEADLINE + 1.0  # registration, then the first round
+        assert not monitor.event_thread_alive and monitor.stats.unmonitored_gpus == 2
+        # The first round ran too: every device has a verdict, not the default.
+        assert all(d.message != "not checked yet" for d in board.snapshot())
+    finally:
+        node.faults.release()
+        await monitor.stop()
+        backend.close(timeout=2)

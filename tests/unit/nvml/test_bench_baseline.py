@@ -16,7 +16,7 @@ from dra_driver.nvml._common import GI_PROFILE_INDEX_COUNT
 from dra_driver.nvml.cffi_backend import CffiBackend
 from dra_driver.testing import fakenvml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from nvml_baseline import Baseline, InProcessBaseline, build
 
 pytestmark = pytest.mark.timeout(120)
