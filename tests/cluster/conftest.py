@@ -118,8 +118,9 @@ class Cluster:
         return self.dir / "cdi"
 
     @property
-    def plugin_dir(self) -> Path:
-        return Path(self.env["KUBELET_ROOT_DIR"]) / "plugins" / DRIVER
+    def checkpoint(self) -> Path:
+        """The plugin's checkpoint (hack/cluster/plugin gives it --state-dir DIR/plugin-state)."""
+        return self.dir / "plugin-state" / "checkpoint.json"
 
     @property
     def faults(self) -> Path:

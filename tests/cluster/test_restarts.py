@@ -84,7 +84,7 @@ def cdi_specs_for(cluster: Cluster, uid: str) -> list[Path]:
 
 
 def checkpoint_claims(cluster: Cluster) -> dict[str, Any]:
-    path = cluster.plugin_dir / "checkpoint.json"
+    path = cluster.checkpoint
     if not path.exists():
         return {}
     doc = json.loads(path.read_text())
