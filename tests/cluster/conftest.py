@@ -118,6 +118,11 @@ class Cluster:
         return self.dir / "cdi"
 
     @property
+    def plugin_dir(self) -> Path:
+        """This driver's directory under the kubelet's plugins dir (its dra.sock)."""
+        return Path(self.env["KUBELET_ROOT_DIR"]) / "plugins" / DRIVER
+
+    @property
     def checkpoint(self) -> Path:
         """The plugin's checkpoint (hack/cluster/plugin gives it --state-dir DIR/plugin-state)."""
         return self.dir / "plugin-state" / "checkpoint.json"
