@@ -53,12 +53,16 @@ async def test_idle_health_streams_leave_capacity_for_prepare(short_dir: Path) -
     await srv.start()
     channel = grpc.aio.insecure_channel(f"unix://{srv.path}")
     stub = health_v1alpha1_stub(channel)
-    streams = [
-        stub.NodeWatchResources(pb.NodeWatchResourcesRequest())
-        for _ in range(MAX_CONCURRENT_RPCS + 16)
-    ]
+    streams = []
+    outcomes: list[object] = []
     try:
-        outcomes = await asyncio.gather(*(s.read() for s in streams), return_exceptions=True)
+        # Opened in batches, each awaited, like watchers that come and stay: the server
+        # sees at most the accepted ones plus one batch at a time (1,040 at once would
+        # trip gRPC's own limit, which cancels some calls before our code sees them).
+        for _ in range((MAX_CONCURRENT_RPCS + 16) // 65):
+            batch = [stub.NodeWatchResources(pb.NodeWatchResourcesRequest()) for _ in range(65)]
+            streams.extend(batch)
+            outcomes += await asyncio.gather(*(s.read() for s in batch), return_exceptions=True)
         refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
         assert refused and len(refused) < len(streams)
         assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
