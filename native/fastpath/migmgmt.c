@@ -277,6 +277,22 @@ static void reset(fpm_result_t *out)
     out->rollback_rc = -1;
 }
 
+/* The parent GPU's handle, failing `out` when NVML is not initialised or the UUID unknown. */
+static int parent_handle(struct fpm_ctx *ctx, const char *parent_uuid, nvmlDevice_t *dev,
+                         fpm_result_t *out)
+{
+    int rc;
+
+    if (!ctx->initialized) {
+        FAIL(out, FPM_CALL_INIT, NVML_ERROR_UNINITIALIZED);
+        return NVML_ERROR_UNINITIALIZED;
+    }
+    rc = NV(ctx, nvmlDeviceGetHandleByUUID, parent_uuid, dev);
+    if (rc != NVML_SUCCESS)
+        FAIL(out, FPM_CALL_HANDLE_BY_UUID, rc);
+    return rc;
+}
+
 int fpm_create(fpm_ctx_t *ctx, const char *parent_uuid, unsigned int gi_profile_id,
                unsigned int placement_start, fpm_result_t *out)
 {
@@ -292,15 +308,8 @@ int fpm_create(fpm_ctx_t *ctx, const char *parent_uuid, unsigned int gi_profile_
 
     reset(out);
     __atomic_fetch_add(&ctx->busy, 1, __ATOMIC_SEQ_CST);
-    if (!ctx->initialized) {
-        FAIL(out, FPM_CALL_INIT, NVML_ERROR_UNINITIALIZED);
+    if (parent_handle(ctx, parent_uuid, &dev, out) != NVML_SUCCESS)
         goto done;
-    }
-    rc = NV(ctx, nvmlDeviceGetHandleByUUID, parent_uuid, &dev);
-    if (rc != NVML_SUCCESS) {
-        FAIL(out, FPM_CALL_HANDLE_BY_UUID, rc);
-        goto done;
-    }
     rc = gi_slices(ctx, dev, gi_profile_id, &slices);
     if (rc != NVML_SUCCESS) {
         FAIL(out, FPM_CALL_PROFILE_INFO, rc);
@@ -387,15 +396,8 @@ int fpm_destroy(fpm_ctx_t *ctx, const char *parent_uuid, unsigned int gpu_instan
     out->gpu_instance_id = gpu_instance_id;
     out->compute_instance_id = compute_instance_id;
     __atomic_fetch_add(&ctx->busy, 1, __ATOMIC_SEQ_CST);
-    if (!ctx->initialized) {
-        FAIL(out, FPM_CALL_INIT, NVML_ERROR_UNINITIALIZED);
+    if (parent_handle(ctx, parent_uuid, &dev, out) != NVML_SUCCESS)
         goto done;
-    }
-    rc = NV(ctx, nvmlDeviceGetHandleByUUID, parent_uuid, &dev);
-    if (rc != NVML_SUCCESS) {
-        FAIL(out, FPM_CALL_HANDLE_BY_UUID, rc);
-        goto done;
-    }
     rc = NV(ctx, nvmlDeviceGetGpuInstanceById, dev, gpu_instance_id, &gi);
     if (rc != NVML_SUCCESS) {
         FAIL(out, FPM_CALL_GI_BY_ID, rc);
@@ -434,15 +436,8 @@ int fpm_destroy_at(fpm_ctx_t *ctx, const char *parent_uuid, unsigned int gi_prof
     reset(out);
     out->placement_start = placement_start;
     __atomic_fetch_add(&ctx->busy, 1, __ATOMIC_SEQ_CST);
-    if (!ctx->initialized) {
-        FAIL(out, FPM_CALL_INIT, NVML_ERROR_UNINITIALIZED);
+    if (parent_handle(ctx, parent_uuid, &dev, out) != NVML_SUCCESS)
         goto done;
-    }
-    rc = NV(ctx, nvmlDeviceGetHandleByUUID, parent_uuid, &dev);
-    if (rc != NVML_SUCCESS) {
-        FAIL(out, FPM_CALL_HANDLE_BY_UUID, rc);
-        goto done;
-    }
     rc = NV(ctx, nvmlDeviceGetGpuInstances, dev, gi_profile_id, gis, &count);
     if (rc != NVML_SUCCESS) {
         FAIL(out, FPM_CALL_GPU_INSTANCES, rc);
