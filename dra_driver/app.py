@@ -369,7 +369,9 @@ class App:
         except Exception as e:
             backend.close()
             raise StartupError(f"cannot read the GPU inventory from NVML: {e}") from e
-        return backend, build_inventory(snapshot, backend.name, pcie_root_resolver(s.sys_root))
+        return backend, build_inventory(
+            snapshot, backend.name, pcie_root_resolver(s.sys_root), dynamic_mig=s.dynamic_mig
+        )
 
     async def _start_monitor(
         self, backend: NvmlBackend, inventory: Inventory, board: HealthBoard
@@ -506,7 +508,13 @@ class App:
         assert self.backend is not None
         snapshot = self.backend.inventory()
         resolver = pcie_root_resolver(self.settings.sys_root)
-        return build_inventory(snapshot, self.backend.name, resolver, log_problems=False)
+        return build_inventory(
+            snapshot,
+            self.backend.name,
+            resolver,
+            log_problems=False,
+            dynamic_mig=self.settings.dynamic_mig,
+        )
 
     def _held_devices(self) -> set[str]:
         if self.preparer is None:

@@ -275,10 +275,13 @@ def build_inventory(
     backend: str = "",
     pcie_root_of: PcieRootResolver = _no_pcie_root,
     log_problems: bool = True,  # False for re-reads: the caller reports what changed
+    dynamic_mig: bool = False,
 ) -> Inventory:
     """Turn one NVML snapshot into the devices this node publishes.
 
-    A GPU in MIG mode offers its MIG devices and not itself (static MIG).
+    A GPU in MIG mode offers its MIG devices and not itself (static MIG). With
+    dynamic_mig a MIG-mode GPU without MIG devices is not stranded: its capacity
+    is published as the devices prepare will create.
     Devices are ordered by PCI bus id, then name, so that a restart with the
     same hardware produces byte-identical slices.
     """
@@ -314,7 +317,7 @@ def build_inventory(
             capacities=caps,
         )
         if mig_enabled:
-            if not migs:
+            if not migs and not dynamic_mig:
                 problems.append(
                     f"{full_name}: MIG is enabled but no MIG devices exist (stranded capacity)"
                 )

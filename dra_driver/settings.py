@@ -468,7 +468,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--partitionable-devices", "PARTITIONABLE_DEVICES", parse_bool,
          _D.partitionable_devices,
          "publish MIG-capable GPUs as partitionable devices (KEP-4815; Kubernetes >= 1.36): "
-         "a counter set per GPU; until dynamic MIG exists, only the MIG devices that exist "
+         "a counter set per GPU; without --dynamic-mig only the MIG devices that exist "
          "(and a full GPU not in MIG mode) are published, as only those can be prepared",
          frozenset({RUN, SLICES}), _SLICES_G, boolean=True),
     Flag("--dynamic-mig", "DYNAMIC_MIG", parse_bool, _D.dynamic_mig,

@@ -33,7 +33,10 @@ def load_inventory(s: settings_mod.Settings) -> Inventory:
     backend = open_backend(library=s.resolved_nvml_library(), backend=s.nvml_backend)
     try:
         return build_inventory(
-            backend.inventory(), backend=backend.name, pcie_root_of=pcie_root_resolver(s.sys_root)
+            backend.inventory(),
+            backend=backend.name,
+            pcie_root_of=pcie_root_resolver(s.sys_root),
+            dynamic_mig=s.dynamic_mig,
         )
     finally:
         backend.close()

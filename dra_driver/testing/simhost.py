@@ -8,6 +8,8 @@ of a fake NVML topology:
         nvidia-caps/nvidia-cap<N>        device nodes
     <root>/proc/devices                   character majors, as the kernel lists them
     <root>/proc/driver/nvidia/capabilities/gpu<minor>/mig/gi<G>[/ci<C>]/access
+                                          (with spare_mig_caps also gi1..gi14/ci0 of
+                                          every GPU in MIG mode, for dynamic MIG)
     <root>/proc/sys/kernel/random/boot_id the boot id the checkpoint is bound to
     <root>/driver-root/usr/...            nvidia-cdi-hook, nvidia-smi, libraries (cdi_hook)
     <root>/sys/bus/pci/devices/<bus id>   links into sys/devices/pci<root bus>/... (PCIe root)
@@ -21,7 +23,7 @@ real container runtime's CDI accepts the specs.
 
 Command line (prints the `dra-driver run` flags that point at the new host)::
 
-    python -m dra_driver.testing.simhost DIR --topology small [--mknod] [--json]
+    python -m dra_driver.testing.simhost DIR --topology small [--mknod] [--dynamic-mig] [--json]
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ NVIDIA_UVM_MAJOR = 510
 NVIDIA_CAPS_MAJOR = 508
 DRIVER_VERSION = "550.54.15"
 SIM_LIBRARIES = ("libcuda.so", "libnvidia-ml.so", "libnvidia-ptxjitcompiler.so")
+# GPU instance ids a driver hands out on A100/H100-class GPUs (NVML numbers them
+# from 1; real drivers reach 14 with seven 1g instances).
+SPARE_GI_IDS = range(1, 15)
 
 
 @dataclass(frozen=True)
@@ -148,11 +153,12 @@ def _touch(path: Path, text: str = "") -> None:
 
 @dataclass(frozen=True)
 class _HostGpu:
-    """What the host tree needs of a GPU: its minor, bus id and MIG (GI, CI) pairs."""
+    """What the host tree needs of a GPU: its minor, bus id, MIG mode and (GI, CI) pairs."""
 
     minor: int
     pci_bus_id: str
     migs: tuple[tuple[int, int], ...]
+    mig_mode: bool = False
 
 
 def _host_gpus(source: Inventory | Topology) -> tuple[str, list[_HostGpu]]:
@@ -163,8 +169,9 @@ def _host_gpus(source: Inventory | Topology) -> tuple[str, list[_HostGpu]]:
                 g.minor,
                 normalize_pci_bus_id(bus),
                 tuple((m.gi_id, m.ci_id) for m in g.mig_devices),
+                bool(raw.get("mig", {}).get("current")),
             )
-            for g, bus in zip(source.gpus, buses, strict=True)
+            for g, bus, raw in zip(source.gpus, buses, source.raw.get("gpus", []), strict=True)
         ]
     gpus = []
     for gpu in source.gpus:
@@ -172,7 +179,7 @@ def _host_gpus(source: Inventory | Topology) -> tuple[str, list[_HostGpu]]:
         for d in gpu.mig_devices:
             assert d.mig is not None
             migs.append((d.mig.gpu_instance_id, d.mig.compute_instance_id))
-        gpus.append(_HostGpu(gpu.minor, gpu.pci_bus_id, tuple(migs)))
+        gpus.append(_HostGpu(gpu.minor, gpu.pci_bus_id, tuple(migs), gpu.mig_enabled))
     return source.driver_version, gpus
 
 
@@ -233,10 +240,14 @@ def populate_host(
     cdi_hook: bool = False,
     mknod: bool = False,
     majors: Majors | None = None,
+    spare_mig_caps: bool = False,
 ) -> SimHost:
     """Create dev/, proc/, driver/ and sys/ under root for source's GPUs and MIG devices.
 
     mknod makes real character devices (root only) instead of regular files.
+    spare_mig_caps adds the capability entries (and nodes) of MIG devices that do
+    not exist yet, on every GPU in MIG mode: a real driver adds them as it creates
+    an instance, which the fake NVML cannot do for a tree it does not know.
     """
     majors = majors or Majors()
     dev, proc, driver, sys_root = (
@@ -254,7 +265,10 @@ def populate_host(
     for gpu in gpus:
         nodes.make(f"nvidia{gpu.minor}", majors.nvidia, gpu.minor)
         base = proc / "driver/nvidia/capabilities" / f"gpu{gpu.minor}" / "mig"
-        for gi_id, ci_id in gpu.migs:
+        pairs = list(gpu.migs)
+        if spare_mig_caps and gpu.mig_mode:
+            pairs += [(gi_id, 0) for gi_id in SPARE_GI_IDS]
+        for gi_id, ci_id in pairs:
             gi = base / f"gi{gi_id}"
             for access in (gi / "access", gi / f"ci{ci_id}" / "access"):
                 if not access.exists():
@@ -370,7 +384,14 @@ def majors_for_host(proc_devices: str) -> Majors:
     return Majors(NVIDIA_MAJOR, chosen[0], chosen[1])
 
 
-def build(directory: Path, topology: str, *, mknod: bool = False, cdi_hook: bool = True) -> SimHost:
+def build(
+    directory: Path,
+    topology: str,
+    *,
+    mknod: bool = False,
+    cdi_hook: bool = True,
+    spare_mig_caps: bool = False,
+) -> SimHost:
     """The simulated host for a fake NVML topology in directory (new or empty)."""
     try:
         topo = load_topology(topology)
@@ -386,7 +407,14 @@ def build(directory: Path, topology: str, *, mknod: bool = False, cdi_hook: bool
         majors = majors_for_host(Path("/proc/devices").read_text())
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        return populate_host(directory, topo, cdi_hook=cdi_hook, mknod=mknod, majors=majors)
+        return populate_host(
+            directory,
+            topo,
+            cdi_hook=cdi_hook,
+            mknod=mknod,
+            majors=majors,
+            spare_mig_caps=spare_mig_caps,
+        )
     except OSError as e:
         raise SimHostError(f"cannot build the host under {directory}: {e}") from e
 
@@ -446,6 +474,13 @@ def _parser() -> argparse.ArgumentParser:
         help="no nvidia-cdi-hook or driver libraries under the driver root (specs then "
         "carry device nodes and env only)",
     )
+    p.add_argument(
+        "--dynamic-mig",
+        dest="spare_mig_caps",
+        action="store_true",
+        help="for `dra-driver run --dynamic-mig`: MIG capability entries (gi1..gi14, ci0) on "
+        "every GPU in MIG mode for the instances prepare will create, as a real driver adds them",
+    )
     p.add_argument("--json", action="store_true", help="print every path as one JSON object")
     return p
 
@@ -453,7 +488,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        host = build(args.directory, args.topology, mknod=args.mknod, cdi_hook=args.cdi_hook)
+        host = build(
+            args.directory,
+            args.topology,
+            mknod=args.mknod,
+            cdi_hook=args.cdi_hook,
+            spare_mig_caps=args.spare_mig_caps,
+        )
     except SimHostError as e:
         print(f"simhost: {e}", file=sys.stderr)
         return 2

@@ -95,6 +95,23 @@ def _tail(text: str, n: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-n:])
 
 
+def health_by_device(p: Any, devices: list[str]) -> dict[str, str]:
+    """device name -> health, from the containers' allocatedResourcesStatus.
+
+    Entries are named claim:<pod claim>[/<request>]; each resource is identified by
+    the first CDI id the plugin returned for the device (`<kind>=<claim uid>-<device>`)
+    or else `<driver>/<pool>/<device>`.
+    """
+    out: dict[str, str] = {}
+    for cs in p.status.container_statuses or []:
+        for entry in cs.allocated_resources_status or []:
+            for r in entry.resources or []:
+                for d in devices:
+                    if r.resource_id.endswith(("-" + d, "/" + d)):
+                        out[d] = r.health
+    return out
+
+
 @dataclass
 class Cluster:
     """A running hack/cluster cluster and this repository's plugin on it."""
@@ -104,6 +121,9 @@ class Cluster:
     env: dict[str, str]
     api: Any  # kubernetes.client.ApiClient
     plugin_flags: list[str] = field(default_factory=list)
+    # The simulated machine the plugin runs on (hack/cluster/plugin --topology/--host).
+    topology: str = TOPOLOGY
+    host: str = "simhost"
 
     @property
     def node(self) -> str:
@@ -124,12 +144,14 @@ class Cluster:
 
     @property
     def checkpoint(self) -> Path:
-        """The plugin's checkpoint (hack/cluster/plugin gives it --state-dir DIR/plugin-state)."""
-        return self.dir / "plugin-state" / "checkpoint.json"
+        """The plugin's checkpoint (hack/cluster/plugin: --state-dir DIR/plugin-state)."""
+        state = "plugin-state" if self.host == "simhost" else f"{self.host}-state"
+        return self.dir / state / "checkpoint.json"
 
     @property
     def faults(self) -> Path:
-        return self.dir / "simhost" / "fakenvml" / "faults.jsonl"
+        """The fake NVML's fault log, where it also keeps the MIG layout it was told to make."""
+        return self.dir / self.host / "fakenvml" / "faults.jsonl"
 
     def core(self) -> Any:
         from kubernetes import client
@@ -233,8 +255,18 @@ class Cluster:
         env = {**os.environ, "PYTHON": sys.executable}
         return _run([str(HACK / script), str(self.dir), *args], timeout, env)
 
-    def start_plugin(self, *extra: str) -> None:
-        args = ["--topology", TOPOLOGY, "--", *(extra or self.plugin_flags)]
+    def start_plugin(
+        self, *extra: str, topology: str | None = None, host: str | None = None
+    ) -> None:
+        """Start the plugin with extra (else the last flags) on a simulated machine.
+
+        topology and host pick another machine (hack/cluster/plugin --host), kept
+        for later starts; the default is the one the tier started with.
+        """
+        self.topology = topology or self.topology
+        self.host = host or self.host
+        args = ["--topology", self.topology, "--host", self.host]
+        args += ["--", *(extra or self.plugin_flags)]
         proc = self.hack("plugin", *args, timeout=120)
         if proc.returncode != 0:
             pytest.fail(f"hack/cluster/plugin failed:\n{_tail(proc.stderr)}")
@@ -278,7 +310,7 @@ class Cluster:
             "dra_driver.testing.fakenvml",
             "inject",
             "--topology",
-            TOPOLOGY,
+            self.topology,
             *args,
         ]
         proc = _run(cmd, 30, env)
@@ -286,7 +318,8 @@ class Cluster:
             pytest.fail(f"fakenvml inject {' '.join(args)} failed: {proc.stderr.strip()}")
 
     def expected_devices(self) -> set[str]:
-        """Device names `dra-driver slices` says this topology publishes."""
+        """Device names `dra-driver slices` says the plugin's machine publishes."""
+        publishing = [f for f in self.plugin_flags if f.startswith(("--dynamic-mig", "--partit"))]
         proc = _run(
             [
                 sys.executable,
@@ -294,9 +327,10 @@ class Cluster:
                 "dra_driver",
                 "slices",
                 "--fake-nvml",
-                TOPOLOGY,
+                self.topology,
                 "--node-name",
                 self.node,
+                *publishing,
                 "-o",
                 "json",
             ],

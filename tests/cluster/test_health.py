@@ -19,7 +19,15 @@ import pytest
 
 from dra_driver.testing.fakenvml import topology_path
 
-from .conftest import HEALTH_HOLD, PRIMARY_VERSION, SUMMARY, TOPOLOGY, Clusters, wait_for
+from .conftest import (
+    HEALTH_HOLD,
+    PRIMARY_VERSION,
+    SUMMARY,
+    TOPOLOGY,
+    Clusters,
+    health_by_device,
+    wait_for,
+)
 
 PROFILE_1G10GB = "device.attributes['gpu.nvidia.com'].profile == '1g.10gb'"
 CLAIM = {
@@ -78,23 +86,6 @@ def mig_location(device: str) -> tuple[int, int, int]:
             if d["profile_id"] == profile_id and d["placement_start"] == start:
                 return index, d["gi_id"], d.get("ci_id", 0)
     raise AssertionError(f"{device} is not in topology {TOPOLOGY}")
-
-
-def health_by_device(p: Any, devices: list[str]) -> dict[str, str]:
-    """device name -> health, from the containers' allocatedResourcesStatus.
-
-    Entries are named claim:<pod claim>[/<request>]; each resource is identified by
-    the first CDI id the plugin returned for the device (`<kind>=<claim uid>-<device>`)
-    or else `<driver>/<pool>/<device>`.
-    """
-    out: dict[str, str] = {}
-    for cs in p.status.container_statuses or []:
-        for entry in cs.allocated_resources_status or []:
-            for r in entry.resources or []:
-                for d in devices:
-                    if r.resource_id.endswith(("-" + d, "/" + d)):
-                        out[d] = r.health
-    return out
 
 
 @pytest.mark.parametrize("version", ["1.37", "1.36"])

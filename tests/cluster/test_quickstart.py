@@ -36,7 +36,8 @@ RUNNABLE = ["gpu-test1", "gpu-test2", "gpu-test3"]
 NOT_RUNNABLE: dict[str, tuple[str, str, str]] = {
     "gpu-test4": (
         "topology: needs 2x 1g.5gb + 2g.10gb + 3g.20gb MIG devices (A100-40GB profiles) on one "
-        "GPU for each of 4 replicas; no fake topology has them",
+        "GPU for each of 4 replicas; the tier's static dgx-h100 machine has none (with "
+        "--dynamic-mig on a100-dynamic it runs: test_dynamic_mig.py)",
         "pod",
         r"cannot allocate all claims",
     ),
@@ -49,8 +50,10 @@ NOT_RUNNABLE: dict[str, tuple[str, str, str]] = {
         r"time-slice interval Long|MPS",
     ),
     "gpu-test6": (
-        "topology + attribute: selects productName ~ a100 and the `index` attribute (0/2/4/6); "
-        "dgx-h100 has no A100, and our slices publish no `index` attribute",
+        "topology + attribute: selects productName ~ a100 and the `index` attribute (0/2/4/6), "
+        "which NVIDIA's own driver no longer publishes either (its PR #624: a GPU's index "
+        "shifts when another falls off the bus); dgx-h100 has no A100, and its time-slice "
+        "interval Long would be refused at prepare as in gpu-test5",
         "pod",
         r"cannot allocate all claims",
     ),

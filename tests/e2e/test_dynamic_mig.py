@@ -64,26 +64,11 @@ class Node:
         self.factory, self.api = factory, api
         self.root = Path(tempfile.mkdtemp(prefix="dra-e2e-dyn-", dir="/tmp"))
         self.topology = fakenvml.load_topology(topology)
-        self.host = populate_host(self.root, self.topology)
-        self._caps_for_every_instance()
+        self.host = populate_host(self.root, self.topology, spare_mig_caps=True)
         self.kubeconfig = api.kubeconfig_path(self.root)
         self.plugin: PluginProcess | None = None
         for s in api.slices(node=NODE_NAME):
             api.delete("resourceslices", s["metadata"]["name"])
-
-    def _caps_for_every_instance(self) -> None:
-        """The MIG capability files a real driver adds when it creates an instance."""
-        minor = 1000
-        for g, raw in zip(self.topology.gpus, self.topology.raw["gpus"], strict=True):
-            if not raw.get("mig", {}).get("current"):
-                continue
-            base = self.host.proc_root / "driver/nvidia/capabilities" / f"gpu{g.minor}" / "mig"
-            for gi in range(1, 15):
-                for access in (base / f"gi{gi}" / "access", base / f"gi{gi}" / "ci0" / "access"):
-                    if not access.exists():
-                        access.parent.mkdir(parents=True, exist_ok=True)
-                        access.write_text(f"DeviceFileMinor: {minor}\nDeviceFileMode: 292\n")
-                        minor += 1
 
     def start(
         self, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()

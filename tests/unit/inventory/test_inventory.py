@@ -135,6 +135,10 @@ def test_mig_enabled_without_devices_is_reported() -> None:
     inv = build_inventory(dataclasses.replace(snap, gpus=(snap.gpus[0], empty)))
     assert [d.name for d in inv.devices] == ["gpu-5"]
     assert any("stranded" in p for p in inv.problems)
+    # Under dynamic MIG the empty GPU's capacity is what prepare carves: not a problem.
+    dyn = build_inventory(dataclasses.replace(snap, gpus=(snap.gpus[0], empty)), dynamic_mig=True)
+    assert [d.name for d in dyn.devices] == ["gpu-5"]
+    assert not any("stranded" in p for p in dyn.problems)
 
 
 def test_pending_mig_mode_change_is_reported() -> None:

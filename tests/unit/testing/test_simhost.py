@@ -90,6 +90,32 @@ def test_regular_file_nodes_give_paths_and_the_caps_major_from_proc(tmp_path: Pa
     assert [n["major"] for n in caps] == [simhost.NVIDIA_CAPS_MAJOR] * 2
 
 
+def test_dynamic_mig_hosts_have_capabilities_for_instances_yet_to_be_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(capsys, str(tmp_path / "d"), "--topology", "a100-dynamic", "--dynamic-mig")
+    assert code == 0, err
+    static = simhost.build(tmp_path / "s", "a100-dynamic")
+    topo = load_topology("a100-dynamic")
+    raws = topo.raw["gpus"]
+    mig_mode = [
+        g.minor for g, r in zip(topo.gpus, raws, strict=True) if r.get("mig", {}).get("current")
+    ]
+    dyn = tmp_path / "d"
+    assert mig_mode and len(mig_mode) < len(topo.gpus)
+    layout = HostLayout(dyn / "dev-root", dyn / "proc", dyn / "driver-root")
+    minors = set()
+    for minor in mig_mode:
+        for gi in simhost.SPARE_GI_IDS:
+            caps = layout.mig_cap_nodes(minor, gi, 0)
+            minors.update(n["minor"] for n in caps)
+    assert len(minors) == 2 * len(mig_mode) * len(simhost.SPARE_GI_IDS)  # each entry its own
+    caps_root = "driver/nvidia/capabilities"
+    assert not list((static.proc_root / caps_root).glob("gpu*/mig/gi*"))  # none without it
+    full = [g.minor for g in topo.gpus if g.minor not in mig_mode]
+    assert not any((dyn / "proc" / caps_root / f"gpu{m}").exists() for m in full)
+
+
 @needs_root
 def test_mknod_makes_character_devices_a_runtime_accepts(tmp_path: Path) -> None:
     host = simhost.build(tmp_path / "h", "small", mknod=True)
