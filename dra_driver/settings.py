@@ -419,8 +419,9 @@ FLAGS: tuple[Flag, ...] = (
          "them only at start",
          frozenset({RUN}), _NVML_G, "SECONDS"),
     Flag("--fake-nvml", "FAKE_NVML", _text, None,
-         "use the bundled fake NVML library with this topology (small, a100, dgx-h100, or a "
-         "topology file): a simulated node for demos and tests",
+         "use the bundled fake NVML library with this topology (small, a100, a100-dynamic, "
+         "dgx-h100, dgx-h100-mig7, mixed, or a topology file): a simulated node for demos "
+         "and tests",
          _NVML, _NVML_G, "TOPOLOGY"),
     Flag("--kubeconfig", "KUBECONFIG", _text, None,
          "kubeconfig file of the API server (unset: the pod's service account)",
@@ -595,8 +596,14 @@ def from_args(ns: argparse.Namespace) -> Settings:
     for key in ("plugins_dir", "registry_dir", "cdi_root", "state_dir"):
         if values.get(key) is not None:
             values[key] = Path(values[key]).absolute()
-    for key in ("dev_root", "proc_root", "sys_root", "driver_root", "host_driver_root",
-                "nvidia_proc_dir"):
+    for key in (
+        "dev_root",
+        "proc_root",
+        "sys_root",
+        "driver_root",
+        "host_driver_root",
+        "nvidia_proc_dir",
+    ):
         if values.get(key) is not None:
             values[key] = Path(values[key])
     if "driver_root" in values and values["driver_root"] is None:

@@ -124,9 +124,7 @@ def code_api_calls() -> set[tuple[str, str, str]]:
         for fn in ast.walk(tree):
             if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
-            watches = any(
-                isinstance(n, ast.Constant) and n.value == "watch" for n in ast.walk(fn)
-            )
+            watches = any(isinstance(n, ast.Constant) and n.value == "watch" for n in ast.walk(fn))
             for node in ast.walk(fn):
                 if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
                     continue
@@ -406,6 +404,21 @@ def test_metrics_switch() -> None:
     assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert plugin_settings(c).metrics_address == ":8080"
+
+
+def test_dynamic_mig_switch() -> None:
+    assert not plugin_settings(container(render())).dynamic_mig
+    c = container(render("dynamicMig=true"))
+    assert {"name": "DYNAMIC_MIG", "value": "true"} in c["env"]
+    s = plugin_settings(c)
+    assert s.dynamic_mig and s.publisher_config().partitionable_devices
+    pod = one(render("dynamicMig=true", "fakeNvml.topology=a100-dynamic"), "DaemonSet")
+    (init,) = pod["spec"]["template"]["spec"]["initContainers"]
+    args = init["command"][2].split("python3 -m dra_driver.testing.simhost ", 1)[1]
+    from dra_driver.testing import simhost
+
+    parsed = simhost._parser().parse_args(args.replace('"$0"', init["command"][3]).split())
+    assert parsed.spare_mig_caps and parsed.topology == "a100-dynamic"
 
 
 def test_bad_values_fail_the_render_with_a_reason() -> None:

@@ -132,6 +132,14 @@ def test_fake_nvml_is_resolved_by_the_commands_not_by_settings(
         load_settings(args)
 
 
+def test_fake_nvml_help_names_every_shipped_topology() -> None:
+    from dra_driver.testing.fakenvml import topology_names
+
+    (flag,) = [f for f in FLAGS if f.flag == "--fake-nvml"]
+    names = flag.help.split("(", 1)[1].split(", or a topology file", 1)[0]
+    assert set(names.split(", ")) == set(topology_names())
+
+
 # Layers below the commands: none reads process settings or the simulation kit.
 COMPONENTS = ("prepare", "slices", "kubelet", "health", "inventory.py", "nvml", "metrics.py")
 
