@@ -480,7 +480,6 @@ class _StateCollector(Collector):
             family.add_metric((self._m.node, self._m.driver, t), counts.get(t, 0))
         return [family]
 
-
     def _migs(self) -> list[Metric]:
         view = self._m.migs
         if view is None:

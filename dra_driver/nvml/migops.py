@@ -117,8 +117,9 @@ class CffiMigManager:
 
     def create(self, parent_uuid: str, gi_profile_id: int, placement_start: int) -> CreatedMig:
         out = self._result()
-        rc = self._lib.fpm_create(self._ctx, parent_uuid.encode(), gi_profile_id,
-                                  placement_start, out)
+        rc = self._lib.fpm_create(
+            self._ctx, parent_uuid.encode(), gi_profile_id, placement_start, out
+        )
         self.nvml_calls += out.nvml_calls
         if rc != SUCCESS:
             message = _rollback_note(out.rollback_rc, out.gpu_instance_id, self._message(rc))
@@ -135,8 +136,9 @@ class CffiMigManager:
 
     def destroy(self, parent_uuid: str, gpu_instance_id: int, compute_instance_id: int) -> bool:
         out = self._result()
-        rc = self._lib.fpm_destroy(self._ctx, parent_uuid.encode(), gpu_instance_id,
-                                   compute_instance_id, out)
+        rc = self._lib.fpm_destroy(
+            self._ctx, parent_uuid.encode(), gpu_instance_id, compute_instance_id, out
+        )
         self.nvml_calls += out.nvml_calls
         if rc == ERROR_NOT_FOUND and out.call == self._lib.FPM_CALL_GI_BY_ID:
             return False
@@ -146,8 +148,9 @@ class CffiMigManager:
 
     def destroy_at(self, parent_uuid: str, gi_profile_id: int, placement_start: int) -> bool:
         out = self._result()
-        rc = self._lib.fpm_destroy_at(self._ctx, parent_uuid.encode(), gi_profile_id,
-                                      placement_start, out)
+        rc = self._lib.fpm_destroy_at(
+            self._ctx, parent_uuid.encode(), gi_profile_id, placement_start, out
+        )
         self.nvml_calls += out.nvml_calls
         if rc == ERROR_NOT_FOUND and out.call == self._lib.FPM_CALL_GPU_INSTANCES:
             return False
@@ -202,31 +205,45 @@ class PynvmlMigManager:
     def create(self, parent_uuid: str, gi_profile_id: int, placement_start: int) -> CreatedMig:
         n = self._nvml
         dev = self._call("nvmlDeviceGetHandleByUUID", parent_uuid)
-        info = self._call("nvmlDeviceGetGpuInstanceProfileInfoById", dev, gi_profile_id) \
-            if hasattr(n, "nvmlDeviceGetGpuInstanceProfileInfoById") else None
+        info = (
+            self._call("nvmlDeviceGetGpuInstanceProfileInfoById", dev, gi_profile_id)
+            if hasattr(n, "nvmlDeviceGetGpuInstanceProfileInfoById")
+            else None
+        )
         slices = info.sliceCount if info is not None else self._slices(dev, gi_profile_id)
         ci_index = _CI_PROFILE_BY_SLICES.get(slices)
         if ci_index is None:
-            raise error_for(ERROR_NOT_SUPPORTED, f"no CI profile covers {slices} slices",
-                            "nvmlDeviceGetGpuInstanceProfileInfoByIdV")
+            raise error_for(
+                ERROR_NOT_SUPPORTED,
+                f"no CI profile covers {slices} slices",
+                "nvmlDeviceGetGpuInstanceProfileInfoByIdV",
+            )
         placements = (n.c_nvmlGpuInstancePlacement_t * 16)()
         count = ctypes.c_uint(16)
-        self._call("nvmlDeviceGetGpuInstancePossiblePlacements", dev, gi_profile_id,
-                   placements, ctypes.byref(count))
+        self._call(
+            "nvmlDeviceGetGpuInstancePossiblePlacements",
+            dev,
+            gi_profile_id,
+            placements,
+            ctypes.byref(count),
+        )
         match = [p for p in placements[: count.value] if p.start == placement_start]
         if not match:
-            raise error_for(ERROR_INVALID_ARGUMENT, "not a placement this profile offers",
-                            "nvmlDeviceGetGpuInstancePossiblePlacements_v2")
+            raise error_for(
+                ERROR_INVALID_ARGUMENT,
+                "not a placement this profile offers",
+                "nvmlDeviceGetGpuInstancePossiblePlacements_v2",
+            )
         want = n.c_nvmlGpuInstancePlacement_t()
         want.start, want.size = match[0].start, match[0].size
         # nvidia-ml-py hands the placement through as given: it must be a pointer.
-        gi = self._call("nvmlDeviceCreateGpuInstanceWithPlacement", dev, gi_profile_id,
-                        ctypes.byref(want))
+        gi = self._call(
+            "nvmlDeviceCreateGpuInstanceWithPlacement", dev, gi_profile_id, ctypes.byref(want)
+        )
         ci = None
         try:
             gi_info = self._call("nvmlGpuInstanceGetInfo", gi)
-            ci_profile = self._call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi,
-                                    ci_index, 0)
+            ci_profile = self._call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi, ci_index, 0)
             ci = self._call("nvmlGpuInstanceCreateComputeInstance", gi, ci_profile.id)
             ci_info = self._call("nvmlComputeInstanceGetInfo", ci)
             uuid = self._uuid_of(dev, gi_info.id, ci_info.id)
@@ -261,8 +278,11 @@ class PynvmlMigManager:
                 continue
             if info.id == profile_id:
                 return int(info.sliceCount)
-        raise error_for(ERROR_INVALID_ARGUMENT, f"no GI profile id {profile_id}",
-                        "nvmlDeviceGetGpuInstanceProfileInfo")
+        raise error_for(
+            ERROR_INVALID_ARGUMENT,
+            f"no GI profile id {profile_id}",
+            "nvmlDeviceGetGpuInstanceProfileInfo",
+        )
 
     def _uuid_of(self, dev: Any, gi: int, ci: int) -> str:
         for index in range(self._call("nvmlDeviceGetMaxMigDeviceCount", dev)):
@@ -272,12 +292,17 @@ class PynvmlMigManager:
                 if e.code in (ERROR_NOT_FOUND, ERROR_INVALID_ARGUMENT):
                     continue
                 raise
-            if (self._call("nvmlDeviceGetGpuInstanceId", mig) == gi
-                    and self._call("nvmlDeviceGetComputeInstanceId", mig) == ci):
+            if (
+                self._call("nvmlDeviceGetGpuInstanceId", mig) == gi
+                and self._call("nvmlDeviceGetComputeInstanceId", mig) == ci
+            ):
                 uuid = self._call("nvmlDeviceGetUUID", mig)
                 return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
-        raise error_for(ERROR_NOT_FOUND, f"no MIG device for GI {gi} CI {ci}",
-                        "nvmlDeviceGetMigDeviceHandleByIndex")
+        raise error_for(
+            ERROR_NOT_FOUND,
+            f"no MIG device for GI {gi} CI {ci}",
+            "nvmlDeviceGetMigDeviceHandleByIndex",
+        )
 
     def destroy(self, parent_uuid: str, gpu_instance_id: int, compute_instance_id: int) -> bool:
         dev = self._call("nvmlDeviceGetHandleByUUID", parent_uuid)
@@ -310,8 +335,9 @@ class PynvmlMigManager:
                 cis = (n.c_nvmlComputeInstance_t * 8)()
                 found = ctypes.c_uint(8)
                 try:
-                    self._call("nvmlGpuInstanceGetComputeInstances", gi, profile, cis,
-                               ctypes.byref(found))
+                    self._call(
+                        "nvmlGpuInstanceGetComputeInstances", gi, profile, cis, ctypes.byref(found)
+                    )
                 except NvmlError:
                     continue
                 for ci in cis[: found.value]:
@@ -340,8 +366,9 @@ def open_mig_manager(library: str | None = None, backend: str = "auto") -> MigMa
             return CffiMigManager(library)
         except ImportError as e:
             if backend == "cffi":
-                raise NvmlError(ERROR_UNKNOWN, f"the cffi fast path is unavailable: {e}",
-                                "import") from e
+                raise NvmlError(
+                    ERROR_UNKNOWN, f"the cffi fast path is unavailable: {e}", "import"
+                ) from e
     return PynvmlMigManager(library)
 
 
@@ -369,20 +396,35 @@ class GuardedMigManager:
 
     def create(self, parent_uuid: str, gi_profile_id: int, placement_start: int) -> CreatedMig:
         return self.workers.call(
-            parent_uuid, self.deadline, self.manager.create, parent_uuid, gi_profile_id,
-            placement_start, what="create MIG device",
+            parent_uuid,
+            self.deadline,
+            self.manager.create,
+            parent_uuid,
+            gi_profile_id,
+            placement_start,
+            what="create MIG device",
         )
 
     def destroy(self, parent_uuid: str, gpu_instance_id: int, compute_instance_id: int) -> bool:
         return self.workers.call(
-            parent_uuid, self.deadline, self.manager.destroy, parent_uuid, gpu_instance_id,
-            compute_instance_id, what="destroy MIG device",
+            parent_uuid,
+            self.deadline,
+            self.manager.destroy,
+            parent_uuid,
+            gpu_instance_id,
+            compute_instance_id,
+            what="destroy MIG device",
         )
 
     def destroy_at(self, parent_uuid: str, gi_profile_id: int, placement_start: int) -> bool:
         return self.workers.call(
-            parent_uuid, self.deadline, self.manager.destroy_at, parent_uuid, gi_profile_id,
-            placement_start, what="destroy MIG device by placement",
+            parent_uuid,
+            self.deadline,
+            self.manager.destroy_at,
+            parent_uuid,
+            gi_profile_id,
+            placement_start,
+            what="destroy MIG device by placement",
         )
 
     def close(self) -> None:

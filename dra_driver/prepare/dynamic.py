@@ -70,7 +70,8 @@ class MigStats:
 
     def copy(self) -> MigStats:
         return replace(
-            self, create_failures=Counter(self.create_failures),
+            self,
+            create_failures=Counter(self.create_failures),
             create_buckets=list(self.create_buckets),
         )
 
@@ -85,8 +86,10 @@ class _Offer:
 
 def needs_create(device: Device) -> bool:
     """A MIG device that is only a published (profile, placement) so far."""
-    return device.type is DeviceType.MIG and device.mig is not None and (
-        device.mig.gpu_instance_id == NOT_CREATED
+    return (
+        device.type is DeviceType.MIG
+        and device.mig is not None
+        and (device.mig.gpu_instance_id == NOT_CREATED)
     )
 
 
@@ -263,8 +266,14 @@ class MigLayout:
             for i, bound in enumerate(CREATE_BUCKETS):
                 if took <= bound:
                     self._stats.create_buckets[i] += 1
-        log.info("created MIG device %s (%s, GI %d CI %d) in %.1f ms", real.name, made.uuid,
-                 made.gpu_instance_id, made.compute_instance_id, took * 1e3)
+        log.info(
+            "created MIG device %s (%s, GI %d CI %d) in %.1f ms",
+            real.name,
+            made.uuid,
+            made.gpu_instance_id,
+            made.compute_instance_id,
+            took * 1e3,
+        )
         if self.observer is not None:
             self.observer.mig_created(real)
         return real

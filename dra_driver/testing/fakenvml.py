@@ -411,7 +411,12 @@ def parse_throttle_reasons(text: str) -> int:
 
 
 MIG_RECORD_KINDS = (
-    "gi_create", "ci_create", "ci_destroy", "gi_destroy", "mig_create", "mig_destroy"
+    "gi_create",
+    "ci_create",
+    "ci_destroy",
+    "gi_destroy",
+    "mig_create",
+    "mig_destroy",
 )
 
 
@@ -424,8 +429,12 @@ def current_migs(topology: Topology, fault_log: Path | None) -> dict[int, tuple[
     by_uuid = {g.uuid.lower(): g.index for g in topology.gpus}
     gis: dict[int, dict[int, dict[str, Any]]] = {
         g.index: {
-            m.gi_id: {"profile_id": m.profile_id, "start": m.placement_start, "ci": m.ci_id,
-                      "uuid": m.uuid}
+            m.gi_id: {
+                "profile_id": m.profile_id,
+                "start": m.placement_start,
+                "ci": m.ci_id,
+                "uuid": m.uuid,
+            }
             for m in g.mig_devices
         }
         for g in topology.gpus
@@ -455,8 +464,12 @@ def current_migs(topology: Topology, fault_log: Path | None) -> dict[int, tuple[
         layout = gis[gpu]
         kind = rec["kind"]
         if kind == "gi_create" and gi not in layout:
-            layout[gi] = {"profile_id": rec.get("profile_id"), "start": rec.get("start"),
-                          "ci": None, "uuid": None}
+            layout[gi] = {
+                "profile_id": rec.get("profile_id"),
+                "start": rec.get("start"),
+                "ci": None,
+                "uuid": None,
+            }
         elif kind == "ci_create" and gi in layout and layout[gi]["ci"] is None:
             layout[gi].update(ci=rec.get("ci"), uuid=rec.get("uuid"))
         elif kind == "ci_destroy" and gi in layout:
@@ -706,9 +719,7 @@ class FaultInjector:
         """Processes run (busy) or no longer run on MIG device GI of gpu."""
         if all(m.gi_id != gi for m in current_migs(self.topology, self.fault_log)[gpu]):
             raise FakeNvmlError(f"GPU {gpu} has no MIG device with GPU instance {gi}")
-        self._append(
-            {"kind": "mig_busy", "gpu": self._gpu(gpu).uuid, "gi": gi, "value": int(busy)}
-        )
+        self._append({"kind": "mig_busy", "gpu": self._gpu(gpu).uuid, "gi": gi, "value": int(busy)})
 
     def create_mig_device(
         self, gpu: int, profile: str, placement: int | None = None
@@ -726,8 +737,17 @@ class FaultInjector:
     def _mig_cli(self, command: str, argv: list[str]) -> dict[str, Any]:
         import subprocess
 
-        cmd = [sys.executable, "-m", "dra_driver.testing.fakenvml", command,
-               "--topology", str(self.topology.path), "--faults", str(self.fault_log), *argv]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dra_driver.testing.fakenvml",
+            command,
+            "--topology",
+            str(self.topology.path),
+            "--faults",
+            str(self.fault_log),
+            *argv,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         if done.returncode != 0:
             raise FakeNvmlError(done.stderr.strip().removeprefix("error: ") or command)
@@ -1040,8 +1060,13 @@ def _mig_create(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             if nvml.nvmlDeviceGetGpuInstanceId(mig) == gi_info.id:
                 uuid = _text(nvml.nvmlDeviceGetUUID(mig))
-        return {"profile_id": profile_id, "placement_start": gi_info.placement.start,
-                "gi_id": gi_info.id, "ci_id": ci_info.id, "uuid": uuid}
+        return {
+            "profile_id": profile_id,
+            "placement_start": gi_info.placement.start,
+            "gi_id": gi_info.id,
+            "ci_id": ci_info.id,
+            "uuid": uuid,
+        }
     finally:
         nvml.nvmlShutdown()
 

@@ -177,8 +177,10 @@ async def test_a_gpu_lost_at_start_is_published_once_it_answers(
     assert "appeared after start" in now["gpu-1"][1]
     faults.lost(1)
     wait_until(
-        lambda: [t["key"] for t in published(api)["gpu-1"].get("taints") or []][:1]
-        == [f"{DRIVER_NAME}/gpu-lost"],
+        lambda: (
+            [t["key"] for t in published(api)["gpu-1"].get("taints") or []][:1]
+            == [f"{DRIVER_NAME}/gpu-lost"]
+        ),
         5,
         "gpu-1 monitored: lost again, tainted",
     )

@@ -400,4 +400,3 @@ async def test_forbidden_is_configuration_not_retried_until_the_entries_change(r
     await asyncio.sleep(0.05)
     await rig.settle()
     assert cond(rig.ours(ref)[GPU], HEALTHY)["reason"] == "GpuLost"
-

@@ -52,7 +52,10 @@ def test_create_makes_a_mig_device_the_inventory_sees_and_destroy_removes_it(
     try:
         (mig,) = backend.inventory().gpus[0].migs
         assert (mig.uuid, mig.gpu_instance_id, mig.gi_profile_id, mig.placement_start) == (
-            made.uuid, made.gpu_instance_id, 14, 4
+            made.uuid,
+            made.gpu_instance_id,
+            14,
+            4,
         )
         assert manager.destroy(made.parent_uuid, made.gpu_instance_id, 0) is True
         assert backend.inventory().gpus[0].migs == ()

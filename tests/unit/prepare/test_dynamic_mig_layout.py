@@ -94,9 +94,7 @@ async def test_create_and_destroy_follow_health_and_metrics(
                 break
             await asyncio.sleep(0.01)
         assert hit()
-        assert all(
-            h.health is Health.HEALTHY for h in board.snapshot() if h.device != name
-        )
+        assert all(h.health is Health.HEALTHY for h in board.snapshot() if h.device != name)
     finally:
         await monitor.stop()
     with pytest.raises(NvmlInsufficientResourcesError):
@@ -111,9 +109,12 @@ async def test_create_and_destroy_follow_health_and_metrics(
     labels = {"node": "n", "driver": "gpu.nvidia.com"}
     assert r.get_sample_value("nvidia_dra_mig_devices_created_total", labels) == 1
     assert r.get_sample_value("nvidia_dra_mig_devices_destroyed_total", labels) == 1
-    assert r.get_sample_value(
-        "nvidia_dra_mig_create_failures_total", {**labels, "error": "insufficientresources"}
-    ) == 1
+    assert (
+        r.get_sample_value(
+            "nvidia_dra_mig_create_failures_total", {**labels, "error": "insufficientresources"}
+        )
+        == 1
+    )
     assert r.get_sample_value("nvidia_dra_mig_create_duration_seconds_count", labels) == 1
 
 
@@ -138,12 +139,18 @@ def test_created_devices_are_left_out_of_the_published_inventory(
     ours = manager.create(node.spec.gpu(0).uuid, 14, 2)
     inv = _inventory(backend)
     rec = ClaimRecord(
-        uid="u", namespace="n", name="c", state=ClaimState.PREPARED,
+        uid="u",
+        namespace="n",
+        name="c",
+        state=ClaimState.PREPARED,
         devices=(
             _record("x"),
             DeviceRecord(
-                request_names=("r",), pool_name="n", device_name="gpu-0-mig-2g10gb-14-2",
-                cdi_device_ids=(), extra={CREATED_KEY: {"uuid": ours.uuid}},
+                request_names=("r",),
+                pool_name="n",
+                device_name="gpu-0-mig-2g10gb-14-2",
+                cdi_device_ids=(),
+                extra={CREATED_KEY: {"uuid": ours.uuid}},
             ),
         ),
     )

@@ -50,6 +50,17 @@ def test_ruff_clean() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_ruff_format_clean() -> None:
+    """One layout everywhere: a diff is never about formatting."""
+    res = subprocess.run(
+        [_tool("ruff"), "format", "--check", "dra_driver", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_mypy_strict_clean() -> None:
     res = subprocess.run(
         [_tool("mypy"), "dra_driver"],

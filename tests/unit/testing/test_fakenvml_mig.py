@@ -94,20 +94,26 @@ def test_a100_dynamic_has_two_empty_mig_gpus_and_two_without_mig() -> None:
 def test_created_instance_is_a_mig_device_that_another_process_sees(
     node: fakenvml.FakeNode,
 ) -> None:
-    made = _run(node, """
+    made = _run(
+        node,
+        """
         gi, ci = create(0, 19, 3, 1)
         info = n.nvmlGpuInstanceGetInfo(gi)
         out["gi"] = [info.id, info.profileId, info.placement.start, info.placement.size]
         out["migs"] = migs(0)
-    """)
+    """,
+    )
     gi_id = made["gi"][0]
     assert made["gi"][1:] == [19, 3, 1]
     ((_slot, uuid, mig_gi, mig_ci),) = made["migs"]
     assert (mig_gi, mig_ci) == (gi_id, 0) and uuid.startswith("MIG-")
-    seen = _run(node, f"""
+    seen = _run(
+        node,
+        f"""
         out["migs"] = migs(0)
         out["by_uuid"] = n.nvmlDeviceGetGpuInstanceId(n.nvmlDeviceGetHandleByUUID({uuid!r}))
-    """)
+    """,
+    )
     assert seen["migs"] == made["migs"]
     assert seen["by_uuid"] == gi_id
     assert fakenvml.current_migs(node.spec, node.fault_log)[0] == (
@@ -116,7 +122,9 @@ def test_created_instance_is_a_mig_device_that_another_process_sees(
 
 
 def test_overlap_limits_and_bad_arguments_answer_as_nvml_does(node: fakenvml.FakeNode) -> None:
-    got = _run(node, """
+    got = _run(
+        node,
+        """
         dev0, dev2 = n.nvmlDeviceGetHandleByIndex(0), n.nvmlDeviceGetHandleByIndex(2)
         create(0, 9, 0, 4)  # 3g.20gb on slices 0..3
         out["overlap"] = rc(n.nvmlDeviceCreateGpuInstanceWithPlacement, dev0, 19, place(2, 1))
@@ -134,7 +142,8 @@ def test_overlap_limits_and_bad_arguments_answer_as_nvml_does(node: fakenvml.Fak
         out["ci"] = rc(n.nvmlGpuInstanceCreateComputeInstance, gi, 0)
         out["second_ci"] = rc(n.nvmlGpuInstanceCreateComputeInstance, gi, 0)
         out["gi_with_ci"] = rc(n.nvmlGpuInstanceDestroy, gi)
-    """)
+    """,
+    )
     assert got == {
         "overlap": INSUFFICIENT_RESOURCES,
         "not_offered": INVALID_ARGUMENT,
@@ -152,7 +161,9 @@ def test_overlap_limits_and_bad_arguments_answer_as_nvml_does(node: fakenvml.Fak
 
 
 def test_destroy_leaves_a_hole_and_stale_handles_are_invalid(node: fakenvml.FakeNode) -> None:
-    got = _run(node, """
+    got = _run(
+        node,
+        """
         a = create(0, 19, 0, 1)
         b = create(0, 19, 1, 1)
         n.nvmlComputeInstanceDestroy(a[1])
@@ -163,7 +174,8 @@ def test_destroy_leaves_a_hole_and_stale_handles_are_invalid(node: fakenvml.Fake
         out["migs"] = [m[0] for m in migs(0)]
         c = create(0, 14, 2, 2)
         out["after"] = [[m[0], m[2]] for m in migs(0)]
-    """)
+    """,
+    )
     assert got["ci_again"] == INVALID_ARGUMENT and got["gi_again"] == INVALID_ARGUMENT
     assert got["info_stale"] == INVALID_ARGUMENT
     assert got["migs"] == [1]  # slot 0 is a hole now
@@ -187,7 +199,9 @@ def test_busy_device_refuses_destroy_until_idle(node: fakenvml.FakeNode) -> None
 def test_fail_fault_makes_create_fail_then_release_lifts_it(node: fakenvml.FakeNode) -> None:
     node.faults.fail("nvmlDeviceCreateGpuInstanceWithPlacement", NO_PERMISSION, gpu=0, count=2)
     node.faults.fail("nvmlComputeInstanceDestroy", INSUFFICIENT_RESOURCES)
-    got = _run(node, """
+    got = _run(
+        node,
+        """
         dev = n.nvmlDeviceGetHandleByIndex(0)
         out["first"] = rc(n.nvmlDeviceCreateGpuInstanceWithPlacement, dev, 19, place(0, 1))
         out["second"] = rc(n.nvmlDeviceCreateGpuInstanceWithPlacement, dev, 19, place(0, 1))
@@ -195,7 +209,8 @@ def test_fail_fault_makes_create_fail_then_release_lifts_it(node: fakenvml.FakeN
         gi, ci = create(0, 19, 0, 1)
         out["destroy"] = rc(n.nvmlComputeInstanceDestroy, ci)
         out["migs"] = len(migs(0))
-    """)
+    """,
+    )
     assert got == {
         "first": NO_PERMISSION,
         "second": NO_PERMISSION,
@@ -204,16 +219,21 @@ def test_fail_fault_makes_create_fail_then_release_lifts_it(node: fakenvml.FakeN
         "migs": 1,
     }
     node.faults.release(fn="nvmlComputeInstanceDestroy")
-    got = _run(node, """
+    got = _run(
+        node,
+        """
         dev = n.nvmlDeviceGetHandleByIndex(0)
         ci = n.nvmlGpuInstanceGetComputeInstanceById(n.nvmlDeviceGetGpuInstanceById(dev, 1), 0)
         out["destroy"] = rc(n.nvmlComputeInstanceDestroy, ci)
-    """)
+    """,
+    )
     assert got == {"destroy": 0}
 
 
 def test_layout_changes_are_mig_config_events(node: fakenvml.FakeNode) -> None:
-    got = _run(node, """
+    got = _run(
+        node,
+        """
         dev = n.nvmlDeviceGetHandleByIndex(0)
         es = n.nvmlEventSetCreate()
         assert n.nvmlDeviceGetSupportedEventTypes(dev) & n.nvmlEventMigConfigChange
@@ -224,7 +244,8 @@ def test_layout_changes_are_mig_config_events(node: fakenvml.FakeNode) -> None:
             e = n.nvmlEventSetWait_v2(es, 1000)
             seen.append([e.eventType, e.gpuInstanceId, e.computeInstanceId])
         out["events"] = seen
-    """)
+    """,
+    )
     assert got["events"] == [[0x100, 1, 0xFFFFFFFF], [0x100, 1, 0]]
 
 
