@@ -1,14 +1,23 @@
-"""Dynamic MIG latency: create+prepare and unprepare+destroy, in process, on the fake NVML.
+"""Dynamic MIG latency: create+prepare and unprepare+destroy, in process, through NVML.
 
 Usage: PYTHONPATH=. .venv/bin/python tests/bench/bench_dynamic_mig.py [--rounds N]
+       PYTHONPATH=. .venv/bin/python tests/bench/bench_dynamic_mig.py --hardware
+           [--nvml-library PATH] [--rounds N]
 
-The node is the fake's a100-dynamic (GPUs 0 and 1 in MIG mode, no MIG devices).
+Default: the fake's a100-dynamic (GPUs 0 and 1 in MIG mode, no MIG devices).
 Each round prepares a claim for one MIG device that does not exist yet (so the
 preparer creates it: GI + CI through the cffi fast path, intent and ids in the
 checkpoint, CDI spec) and unprepares it (spec removed, instance destroyed,
 record dropped); checkpoint fsyncs are included. Also printed: the bare
 create and destroy through the fast path alone (bench_prepare.py has the
 static-device prepare to compare with).
+
+--hardware runs the same on this machine's GPUs through the system's
+libnvidia-ml (or --nvml-library): it never changes MIG mode and never touches
+a MIG device it did not create. It needs a GPU already in MIG mode with a free
+placement for its smallest profile, else it prints why it skipped and exits 0.
+CDI specs and the checkpoint go to a temporary directory; device nodes and MIG
+capability files are read from the real /dev and /proc.
 """
 
 from __future__ import annotations
@@ -22,7 +31,10 @@ import time
 from pathlib import Path
 
 from dra_driver.commands.inventory import load_inventory
+from dra_driver.inventory import Gpu, Inventory, mig_device_name
+from dra_driver.nvml.errors import NvmlError, NvmlInsufficientResourcesError
 from dra_driver.nvml.migops import CffiMigManager
+from dra_driver.nvml.types import MigProfile
 from dra_driver.prepare.options import PreparerConfig
 from dra_driver.prepare.preparer import ClaimPreparer
 from dra_driver.prepare.types import ClaimRef
@@ -39,41 +51,72 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1e3
 
 
-def caps_for_every_instance(proc_root: Path, minors: list[int]) -> None:
-    n = 1000
-    for minor in minors:
-        base = proc_root / "driver/nvidia/capabilities" / f"gpu{minor}" / "mig"
-        for gi in range(1, 15):
-            for access in (base / f"gi{gi}" / "access", base / f"gi{gi}" / "ci0" / "access"):
-                access.parent.mkdir(parents=True, exist_ok=True)
-                access.write_text(f"DeviceFileMinor: {n}\nDeviceFileMode: 292\n")
-                n += 1
+def free_placement(
+    manager: CffiMigManager, inv: Inventory, largest: bool = False
+) -> tuple[Gpu, MigProfile, int] | None:
+    """A (GPU, profile, start) that can be created now, found by creating and destroying it.
+
+    Only instances made here are destroyed; a placement an existing device
+    covers answers INSUFFICIENT_RESOURCES and is skipped.
+    """
+    for gpu in (g for g in inv.gpus if g.mig_enabled):
+        plain = [p for p in gpu.mig_profiles if "+" not in p.name and p.placements]
+        for profile in sorted(plain, key=lambda p: p.slice_count, reverse=largest):
+            for start, _size in profile.placements:
+                try:
+                    made = manager.create(gpu.uuid, profile.profile_id, start)
+                except NvmlInsufficientResourcesError:
+                    continue
+                manager.destroy(gpu.uuid, made.gpu_instance_id, made.compute_instance_id)
+                return gpu, profile, start
+            break  # the smallest (or largest) profile has no free placement on this GPU
+    return None
 
 
-async def bench(rounds: int) -> None:
+async def bench(rounds: int, hardware: bool, library: str | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-dynmig-", dir="/tmp"))
     try:
-        os.environ["FAKE_NVML_TOPOLOGY"] = "a100-dynamic"
-        os.environ["FAKE_NVML_FAULTS"] = str(tmp / "fakenvml" / "a100-dynamic.faults.jsonl")
-        lib = library_path()
-        inv = load_inventory(Settings(nvml_library=lib))
-        host = populate_host(tmp / "host", inv)
-        caps_for_every_instance(host.proc_root, [g.minor for g in inv.gpus if g.mig_enabled])
+        if hardware:
+            lib = library
+            where = f"this machine's NVML ({library or 'libnvidia-ml.so.1'})"
+        else:
+            os.environ["FAKE_NVML_TOPOLOGY"] = "a100-dynamic"
+            os.environ["FAKE_NVML_FAULTS"] = str(tmp / "fakenvml" / "a100-dynamic.faults.jsonl")
+            lib = library_path()
+            where = "fake NVML a100-dynamic"
+        try:
+            inv = load_inventory(Settings(nvml_library=lib, dynamic_mig=True))
+        except NvmlError as e:
+            print(f"skip: cannot read {where}: {e}")
+            return
+        if not any(g.mig_enabled for g in inv.gpus):
+            print(f"skip: no GPU in MIG mode on {where} (this bench never changes MIG mode)")
+            return
+        if hardware:
+            dev_root, proc_root, driver_root = Path("/"), Path("/proc"), Path("/")
+        else:
+            host = populate_host(tmp / "host", inv, spare_mig_caps=True)
+            dev_root, proc_root, driver_root = host.dev_root, host.proc_root, host.driver_root
+        manager = CffiMigManager(lib)
+        small = free_placement(manager, inv)
+        if small is None:
+            print(f"skip: no free placement on the MIG-mode GPUs of {where}")
+            manager.close()
+            return
+        big = None if hardware else free_placement(manager, inv, largest=True)
         config = PreparerConfig(
             driver_name="gpu.nvidia.com",
             pool_name=NODE,
             state_dir=tmp / "state",
             cdi_root=tmp / "cdi",
-            dev_root=host.dev_root,
-            proc_root=host.proc_root,
-            driver_root=host.driver_root,
+            dev_root=dev_root,
+            proc_root=proc_root,
+            driver_root=driver_root,
             dynamic_mig=True,
         )
-        manager = CffiMigManager(lib)
         source = MemoryClaimSource()
         prep = ClaimPreparer(config, lambda: inv, source, None, None, migs=manager)
         await prep.start()
-        gpu0 = inv.gpus[0].uuid
         n = 0
 
         def claim(device: str) -> ClaimRef:
@@ -98,33 +141,43 @@ async def bench(rounds: int) -> None:
                 assert un[ref.uid].error == "", un[ref.uid].error
             return p, u
 
-        device = "gpu-0-mig-1g5gb-19-0"
-        await cycle(device, 10)  # warm up
-        dyn_p, dyn_u = await cycle(device, rounds)
-        big_p, big_u = await cycle("gpu-1-mig-7g40gb-0-0", max(rounds // 2, 10))
+        def name(target: tuple[Gpu, MigProfile, int]) -> tuple[str, str]:
+            gpu, profile, start = target
+            return profile.name, mig_device_name(gpu.minor, profile.name, profile.profile_id, start)
+
+        rows: list[tuple[str, list[float]]] = []
+        warm = 3 if hardware else 10
+        for target, count in ((small, rounds), (big, max(rounds // 2, 10))):
+            if target is None:
+                continue
+            label, device = name(target)
+            await cycle(device, warm)
+            p, u = await cycle(device, count)
+            rows += [(f"create+prepare {label}", p), (f"unprepare+destroy {label}", u)]
         await prep.close()
 
+        gpu, profile, start = small
         create, destroy = [], []
         for _ in range(rounds):
             t = time.perf_counter()
-            made = manager.create(gpu0, 19, 0)
+            made = manager.create(gpu.uuid, profile.profile_id, start)
             create.append(time.perf_counter() - t)
             t = time.perf_counter()
-            manager.destroy(gpu0, made.gpu_instance_id, made.compute_instance_id)
+            try:
+                manager.destroy(gpu.uuid, made.gpu_instance_id, made.compute_instance_id)
+            except NvmlError:
+                manager.destroy_at(gpu.uuid, profile.profile_id, start)
+                raise
             destroy.append(time.perf_counter() - t)
+        rows += [
+            ("fast path create alone (GI+CI+UUID)", create),
+            ("fast path destroy alone (CI+GI)", destroy),
+        ]
         calls = manager.nvml_calls
         manager.close()
 
-        print(f"node: fake NVML a100-dynamic; {rounds} rounds; checkpoint fsync included")
+        print(f"node: {where}; {rounds} rounds; checkpoint fsync included")
         print(f"\n{'what':<40}{'p50':>10}{'p99':>10}")
-        rows = (
-            ("create+prepare 1g.5gb", dyn_p),
-            ("unprepare+destroy 1g.5gb", dyn_u),
-            ("create+prepare 7g.40gb", big_p),
-            ("unprepare+destroy 7g.40gb", big_u),
-            ("fast path create alone (GI+CI+UUID)", create),
-            ("fast path destroy alone (CI+GI)", destroy),
-        )
         for label, values in rows:
             print(f"{label:<40}{pct(values, 0.5):>8.2f}ms{pct(values, 0.99):>8.2f}ms")
         print(f"\nNVML calls through the MIG fast path: {calls}")
@@ -135,8 +188,16 @@ async def bench(rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument(
+        "--hardware",
+        action="store_true",
+        help="this machine's GPUs in MIG mode instead of the fake (MIG mode is never changed)",
+    )
+    parser.add_argument("--nvml-library", help="with --hardware: libnvidia-ml.so.1 to load")
     args = parser.parse_args()
-    asyncio.run(bench(args.rounds))
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    asyncio.run(bench(args.rounds, args.hardware, args.nvml_library))
 
 
 if __name__ == "__main__":
