@@ -441,9 +441,10 @@ class App:
         """With --dynamic-mig, MIG devices this driver created stay abstract in the slices."""
         if not self.settings.dynamic_mig or self.preparer is None:
             return inventory
-        from .prepare.dynamic import created_uuids, without_created
+        from .prepare.dynamic import created_uuids, intended_placements, without_created
 
-        return without_created(inventory, created_uuids(self.preparer.checkpointed().values()))
+        claims = list(self.preparer.checkpointed().values())
+        return without_created(inventory, created_uuids(claims), intended_placements(claims))
 
     def _start_publisher(self, inventory: Inventory) -> None:
         from .slices.publisher import SlicePublisher

@@ -177,21 +177,52 @@ def created_uuids(claims: Iterable[ClaimRecord]) -> frozenset[str]:
     )
 
 
-def without_created(inventory: Inventory, uuids: frozenset[str]) -> Inventory:
+Placement = tuple[str, int, int]  # (parent GPU UUID, GI profile id, placement start)
+
+
+def intended_placements(claims: Iterable[ClaimRecord]) -> frozenset[Placement]:
+    """Where the checkpoint says this driver is creating a MIG device (intent, no ids yet)."""
+    return frozenset(
+        (str(intent["parentUuid"]), int(intent["giProfileId"]), int(intent["start"]))
+        for rec in claims
+        for d in rec.devices
+        if (intent := intent_of(d)) is not None and created_of(d) is None
+    )
+
+
+def _placement(d: Device) -> Placement | None:
+    if d.mig is None or d.parent_uuid is None:
+        return None
+    return (d.parent_uuid, d.mig.gi_profile_id, d.mig.start)
+
+
+def without_created(
+    inventory: Inventory,
+    uuids: frozenset[str],
+    placements: frozenset[Placement] = frozenset(),
+) -> Inventory:
     """The inventory as published: MIG devices this driver created are left out, so the
     publisher keeps showing them as the abstract (profile, placement) they were
-    allocated as, instead of an operator's device (no slice write per create)."""
-    if not uuids:
+    allocated as, instead of an operator's device (no slice write per create).
+
+    placements covers a create in flight: an inventory read between the create
+    and the record of its ids must not publish the new device as an operator's.
+    """
+    if not uuids and not placements:
         return inventory
+
+    def ours(d: Device) -> bool:
+        return d.uuid in uuids or (bool(placements) and _placement(d) in placements)
+
     gpus = tuple(
-        replace(g, mig_devices=tuple(d for d in g.mig_devices if d.uuid not in uuids))
+        replace(g, mig_devices=tuple(d for d in g.mig_devices if not ours(d)))
         for g in inventory.gpus
     )
     return Inventory(
         driver_version=inventory.driver_version,
         cuda_driver_version=inventory.cuda_driver_version,
         gpus=gpus,
-        devices=tuple(d for d in inventory.devices if d.uuid not in uuids),
+        devices=tuple(d for d in inventory.devices if not ours(d)),
         problems=inventory.problems,
         backend=inventory.backend,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ from dra_driver.nvml.types import NvmlBackend
 from dra_driver.prepare.checkpoint import ClaimRecord, ClaimState, DeviceRecord
 from dra_driver.prepare.dynamic import (
     CREATED_KEY,
+    INTENT_KEY,
     MigLayout,
     created_uuids,
+    intended_placements,
     needs_create,
     with_created,
     with_intent,
@@ -160,3 +163,19 @@ def test_created_devices_are_left_out_of_the_published_inventory(
     assert {d.uuid for d in published.gpus[0].mig_devices} == {operator.uuid}
     assert {d.uuid for d in inv.gpus[0].mig_devices} == {operator.uuid, ours.uuid}
     assert without_created(inv, frozenset()) is inv
+    # A create in flight (intent recorded, ids not yet): its device is not an operator's.
+    parent = node.spec.gpu(0).uuid
+    in_flight = DeviceRecord(
+        request_names=("r",),
+        pool_name="n",
+        device_name="gpu-0-mig-2g10gb-14-2",
+        cdi_device_ids=(),
+        extra={INTENT_KEY: {"parentUuid": parent, "giProfileId": 14, "start": 2}},
+    )
+    started = replace(rec, devices=(in_flight,))
+    assert created_uuids([started]) == frozenset()
+    placements = intended_placements([started])
+    assert placements == {(parent, 14, 2)}
+    published = without_created(inv, frozenset(), placements)
+    assert {d.uuid for d in published.gpus[0].mig_devices} == {operator.uuid}
+    assert ours.uuid not in {d.uuid for d in published.devices}
