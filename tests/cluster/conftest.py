@@ -37,6 +37,7 @@ TOPOLOGY = "dgx-h100"
 HEALTH_HOLD = 4.0
 PRIMARY_VERSION = "1.37"
 CLUSTER_TEST_TIMEOUT = 600
+TEST_IMAGE = "docker.io/dra-driver-gpu/busybox:test"  # hack/cluster/build's test image
 SUMMARY: list[str] = []  # lines for the terminal summary (quickstart outcomes, timings)
 
 T = TypeVar("T")
@@ -110,6 +111,43 @@ def health_by_device(p: Any, devices: list[str]) -> dict[str, str]:
                     if r.resource_id.endswith(("-" + d, "/" + d)):
                         out[d] = r.health
     return out
+
+
+def claim_pod(
+    ns: str, name: str, claim_template: str, request: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """A ResourceClaimTemplate with one request (default: a whole GPU) and a pod using it."""
+    exactly = request or {"deviceClassName": "gpu.nvidia.com"}
+    return [
+        {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceClaimTemplate",
+            "metadata": {"namespace": ns, "name": claim_template},
+            "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": exactly}]}}},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"namespace": ns, "name": name},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {
+                        "name": "ctr",
+                        "image": TEST_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": [
+                            "sh",
+                            "-c",
+                            "nvidia-smi -L; trap 'exit 0' TERM; sleep 9999 & wait",
+                        ],
+                        "resources": {"claims": [{"name": "gpu"}]},
+                    }
+                ],
+                "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": claim_template}],
+            },
+        },
+    ]
 
 
 @dataclass

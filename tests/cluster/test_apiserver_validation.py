@@ -1,6 +1,7 @@
 """The real kube-apiserver accepts every ResourceSlice we would publish.
 
-For every shipped fake topology, with and without --partitionable-devices,
+For every shipped fake topology, plain, with --partitionable-devices and with
+--dynamic-mig (every placement of every MIG-mode GPU against its counters),
 `dra-driver slices` output is created with server-side dry run: the API
 server's own validation (names, attribute and capacity limits, counter sets,
 per-slice device limits) judges it, nothing is stored.
@@ -23,7 +24,10 @@ from .conftest import Cluster
 LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (DEBUG|INFO|WARNING) ")
 
 
-def published(topology: str, node: str, partitionable: bool) -> list[dict[str, Any]]:
+MODES = {"plain": [], "partitionable": ["--partitionable-devices"], "dynamic": ["--dynamic-mig"]}
+
+
+def published(topology: str, node: str, mode: str) -> list[dict[str, Any]]:
     cmd = [
         sys.executable,
         "-m",
@@ -36,8 +40,7 @@ def published(topology: str, node: str, partitionable: bool) -> list[dict[str, A
         "-o",
         "json",
     ]
-    if partitionable:
-        cmd.append("--partitionable-devices")
+    cmd += MODES[mode]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     # build_slices' problems (devices it cannot publish) are printed as plain lines;
@@ -48,12 +51,12 @@ def published(topology: str, node: str, partitionable: bool) -> list[dict[str, A
     return items
 
 
-@pytest.mark.parametrize("partitionable", [False, True], ids=["plain", "partitionable"])
+@pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("topology", topology_names())
-def test_apiserver_accepts_our_slices(cluster: Cluster, topology: str, partitionable: bool) -> None:
+def test_apiserver_accepts_our_slices(cluster: Cluster, topology: str, mode: str) -> None:
     from kubernetes.client.exceptions import ApiException
 
-    slices = published(topology, "validation-node", partitionable)
+    slices = published(topology, "validation-node", mode)
     assert slices, f"{topology}: nothing to publish"
     res = cluster.resource("resource.k8s.io/v1", "ResourceSlice")
     for s in slices:
@@ -61,7 +64,7 @@ def test_apiserver_accepts_our_slices(cluster: Cluster, topology: str, partition
             created = res.create(body=s, dry_run="All")
         except ApiException as e:
             pytest.fail(
-                f"{topology} (partitionable={partitionable}): the API server rejected "
+                f"{topology} ({mode}): the API server rejected "
                 f"{s['metadata'].get('generateName')}: {e.status} {e.body}"
             )
         # What the server stored would equal what we sent: no field dropped

@@ -33,6 +33,7 @@ from .conftest import (
     HEALTH_HOLD,
     SUMMARY,
     Cluster,
+    claim_pod,
     env_name,
     health_by_device,
     wait_for,
@@ -42,8 +43,6 @@ from .test_quickstart import load, logged_devices
 HOST = "dynmig"
 TOPOLOGY = "a100-dynamic"
 MIG_NAME = re.compile(r"gpu-(\d+)-mig-([0-9a-z]+)-(\d+)-(\d+)")
-IMAGE = "docker.io/dra-driver-gpu/busybox:test"
-COMMAND = "nvidia-smi -L; trap 'exit 0' TERM; sleep 9999 & wait"
 UNSCHEDULABLE = "cannot allocate all claims"
 
 
@@ -129,33 +128,8 @@ def mig_pod(ns: str) -> list[dict[str, Any]]:
         "deviceClassName": "mig.nvidia.com",
         "selectors": [{"cel": {"expression": selector}}],
     }
-    return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-        {
-            "apiVersion": "resource.k8s.io/v1",
-            "kind": "ResourceClaimTemplate",
-            "metadata": {"namespace": ns, "name": "mig"},
-            "spec": {"spec": {"devices": {"requests": [{"name": "mig", "exactly": request}]}}},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"namespace": ns, "name": "mig"},
-            "spec": {
-                "terminationGracePeriodSeconds": 1,
-                "containers": [
-                    {
-                        "name": "ctr",
-                        "image": IMAGE,
-                        "imagePullPolicy": "Never",
-                        "command": ["sh", "-c", COMMAND],
-                        "resources": {"claims": [{"name": "mig"}]},
-                    }
-                ],
-                "resourceClaims": [{"name": "mig", "resourceClaimTemplateName": "mig"}],
-            },
-        },
-    ]
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+    return [namespace, *claim_pod(ns, "mig", "mig", request)]
 
 
 def test_mig_claim_creates_its_device_and_pod_deletion_destroys_it(dynamic: Cluster) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import SUMMARY, Cluster, env_name, wait_for
+from .conftest import SUMMARY, TEST_IMAGE, Cluster, env_name, wait_for
 
 QUICKSTART = Path("/work/shared/nvidia-quickstart/v1")
 for candidate in (Path(__file__).resolve().parents[2] / "../shared/nvidia-quickstart/v1",):
@@ -80,7 +80,6 @@ NOT_RUNNABLE: dict[str, tuple[str, str, str]] = {
         r"imex\.nvidia\.com",
     ),
 }
-TEST_IMAGE = "docker.io/dra-driver-gpu/busybox:test"
 
 
 def load(name: str) -> list[dict[str, Any]]:

@@ -15,50 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .conftest import SUMMARY, Cluster, env_name, wait_for
-
-IMAGE = "docker.io/dra-driver-gpu/busybox:test"
-
-
-def gpu_pod(ns: str, name: str, claim_template: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "resource.k8s.io/v1",
-            "kind": "ResourceClaimTemplate",
-            "metadata": {"namespace": ns, "name": claim_template},
-            "spec": {
-                "spec": {
-                    "devices": {
-                        "requests": [
-                            {"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com"}}
-                        ]
-                    }
-                }
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"namespace": ns, "name": name},
-            "spec": {
-                "terminationGracePeriodSeconds": 1,
-                "containers": [
-                    {
-                        "name": "ctr",
-                        "image": IMAGE,
-                        "imagePullPolicy": "Never",
-                        "command": [
-                            "sh",
-                            "-c",
-                            "nvidia-smi -L; trap 'exit 0' TERM; sleep 9999 & wait",
-                        ],
-                        "resources": {"claims": [{"name": "gpu"}]},
-                    }
-                ],
-                "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": claim_template}],
-            },
-        },
-    ]
+from .conftest import SUMMARY, Cluster, claim_pod, env_name, wait_for
 
 
 def namespace(cluster: Cluster, ns: str) -> None:
@@ -97,7 +54,7 @@ def test_kubelet_restart_keeps_pods_and_republishes(plugin_running: Cluster) -> 
     ns = "restart-kubelet"
     namespace(cluster, ns)
     try:
-        cluster.apply(gpu_pod(ns, "keep", "one-gpu"))
+        cluster.apply(claim_pod(ns, "keep", "one-gpu"))
         before = running_pod(cluster, ns, "keep")
         devices = cluster.pod_devices(before)["ctr"]
         container_id = before.status.container_statuses[0].container_id
@@ -123,7 +80,7 @@ def test_kubelet_restart_keeps_pods_and_republishes(plugin_running: Cluster) -> 
         assert uid in checkpoint_claims(cluster)
 
         # The re-registered plugin still prepares new claims after the restart.
-        cluster.apply(gpu_pod(ns, "new", "one-gpu-2"))
+        cluster.apply(claim_pod(ns, "new", "one-gpu-2"))
         new = running_pod(cluster, ns, "new")
         new_devices = cluster.pod_devices(new)["ctr"]
         assert set(new_devices).isdisjoint(devices)
@@ -143,7 +100,7 @@ def test_plugin_kill9_while_pod_starts(plugin_running: Cluster) -> None:
     ns = "plugin-kill"
     namespace(cluster, ns)
     try:
-        cluster.apply(gpu_pod(ns, "starting", "one-gpu"))
+        cluster.apply(claim_pod(ns, "starting", "one-gpu"))
 
         def scheduled() -> Any:
             p = cluster.core().read_namespaced_pod("starting", ns)
