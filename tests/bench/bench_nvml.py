@@ -40,7 +40,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+try:  # an installed package (hack/gpu-check) or an editable one; else this checkout
+    import dra_driver  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nvml_baseline import Baseline, InProcessBaseline, build

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
 NO_NVML = 77
 
 PROBE = f"""
@@ -48,7 +47,11 @@ finally:
 @pytest.mark.gpu
 def test_real_nvml_inventory_and_health_sample_read_only() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_NVML")}
-    env["PYTHONPATH"] = str(REPO)
+    # The dra_driver this test imports (a checkout or an installed package), not
+    # necessarily the sources beside it: those lack the built extensions elsewhere.
+    import dra_driver
+
+    env["PYTHONPATH"] = str(Path(dra_driver.__file__).resolve().parents[1])
     out = subprocess.run(
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120
     )
