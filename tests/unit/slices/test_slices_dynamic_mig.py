@@ -10,16 +10,19 @@ would still create.
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dra_driver.inventory import Inventory, build_inventory
 from dra_driver.nvml import migops, open_backend
 from dra_driver.nvml.errors import NvmlInsufficientResourcesError
-from dra_driver.slices.builder import build_pool
+from dra_driver.slices.builder import build_pool, build_slices
 from dra_driver.slices.quantity import parse_quantity
 from dra_driver.testing import fakenvml
 
@@ -193,3 +196,158 @@ def test_every_maximal_counter_set_is_created_by_the_fake_library(
     finally:
         manager.close()
     assert checked > 10
+
+
+# -- the scheduler's own allocator ----------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[3]
+ALLOCATOR_BUILD = ROOT / "hack" / "allocator" / "build"
+DEVICE_CLASSES = ROOT / "deploy" / "deviceclasses.yaml"
+
+
+def _allocator() -> str:
+    """hack/allocator (k8s.io/dynamic-resource-allocation/structured), built by .ci/run.
+
+    Like helm for the chart tests: where Go or the module proxy cannot be had it
+    is not built, and the test skips saying so.
+    """
+    res = subprocess.run(
+        [str(ALLOCATOR_BUILD), "--cached-only"], capture_output=True, text=True, timeout=60
+    )
+    if res.returncode != 0:
+        pytest.skip(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "not built")
+    return res.stdout.strip()
+
+
+def _claim(uid: int, parent: str, counts: dict[str, int]) -> dict[str, Any]:
+    requests = [
+        {
+            "name": f"r{i}",
+            "exactly": {
+                "deviceClassName": "mig.nvidia.com",
+                "count": n,
+                "allocationMode": "ExactCount",
+                "selectors": [
+                    {
+                        "cel": {
+                            "expression": f"device.attributes['gpu.nvidia.com'].profile == "
+                            f"'{profile}' && device.attributes['gpu.nvidia.com'].parentUUID"
+                            f" == '{parent}'"
+                        }
+                    }
+                ],
+            },
+        }
+        for i, (profile, n) in enumerate(sorted(counts.items()))
+    ]
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": f"c{uid}", "namespace": "default", "uid": f"uid-{uid}"},
+        "spec": {"devices": {"requests": requests}},
+    }
+
+
+def _profile_multisets(memory: dict[str, int], budget: int) -> Iterator[dict[str, int]]:
+    """Every multiset of profiles whose memory slices add up to at most budget."""
+    names = sorted(memory)
+
+    def walk(i: int, left: int, chosen: dict[str, int]) -> Iterator[dict[str, int]]:
+        if chosen:
+            yield dict(chosen)
+        for j in range(i, len(names)):
+            if memory[names[j]] <= left:
+                chosen[names[j]] = chosen.get(names[j], 0) + 1
+                yield from walk(j, left - memory[names[j]], chosen)
+                chosen[names[j]] -= 1
+                if not chosen[names[j]]:
+                    del chosen[names[j]]
+
+    yield from walk(0, budget, {})
+
+
+def test_the_schedulers_allocator_hands_out_only_what_the_fake_creates(
+    node: fakenvml.FakeNode,
+) -> None:
+    """kube-scheduler's allocator, over our slices, for every profile mix on one A100.
+
+    Every mix whose memory fits the GPU plus one slice more: the allocator must
+    find devices exactly when some placement of the mix exists under the fake's
+    rules, and the fake library must then create the very devices it chose.
+    """
+    binary = _allocator()
+    inventory = _inventory()
+    pool = build_pool(inventory, dynamic_mig=True)
+    slices, problems = build_slices(
+        inventory, driver="gpu.nvidia.com", node_name="node-a", dynamic_mig=True
+    )
+    assert not problems
+    for i, s in enumerate(slices):
+        s["metadata"] = {"name": f"s{i}"}
+    devices = _devices(pool)
+    _, consumption = _gpu_model(pool, "gpu-0")
+    allowed, _ = _fake_rules(node.spec, 0)
+    parent = node.spec.gpu(0).uuid
+    profile_of = {n: devices[n]["attributes"]["profile"]["string"] for n in consumption}
+    memory = {
+        profile_of[n]: sum(1 for k in c if k.startswith("memory-slice"))
+        for n, c in consumption.items()
+    }
+    total = max(memory.values())  # the 7g profile takes every memory slice
+    by_profile: dict[str, list[str]] = {}
+    for n in sorted(consumption):
+        by_profile.setdefault(profile_of[n], []).append(n)
+
+    def placeable(counts: dict[str, int]) -> bool:
+        wanted = [p for p, k in sorted(counts.items()) for _ in range(k)]
+
+        def fill(i: int, chosen: tuple[str, ...]) -> bool:
+            if i == len(wanted):
+                return True
+            return any(
+                fill(i + 1, (*chosen, n))
+                for n in by_profile[wanted[i]]
+                if n not in chosen and allowed((*chosen, n))
+            )
+
+        return fill(0, ())
+
+    mixes = list(_profile_multisets(memory, total + 1))
+    classes = [d for d in yaml.safe_load_all(DEVICE_CLASSES.read_text()) if d]
+    request = {
+        "node": "node-a",
+        "classes": classes,
+        "slices": slices,
+        "cases": [[_claim(i, parent, m)] for i, m in enumerate(mixes)],
+    }
+    res = subprocess.run(
+        [binary], input=json.dumps(request), capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr
+    answers = json.loads(res.stdout)
+    assert len(answers) == len(mixes)
+    manager = migops.CffiMigManager(fakenvml.library_path())
+    allocated = refused = 0
+    try:
+        for mix, answer in zip(mixes, answers, strict=True):
+            assert not (isinstance(answer, dict) and "error" in answer), (mix, answer)
+            if answer is None:
+                assert not placeable(mix), f"{mix} fits the GPU; the allocator found nothing"
+                refused += 1
+                continue
+            chosen = [r["device"] for r in answer[0]["devices"]["results"]]
+            assert sorted(profile_of[n] for n in chosen) == sorted(
+                p for p, k in mix.items() for _ in range(k)
+            ), (mix, chosen)
+            made = []
+            for n in chosen:
+                try:
+                    made.append(manager.create(parent, *_placement(n)))
+                except NvmlInsufficientResourcesError:
+                    pytest.fail(f"{mix}: the allocator chose {chosen}; the fake cannot make {n}")
+            for m in made:
+                assert manager.destroy(parent, m.gpu_instance_id, m.compute_instance_id)
+            allocated += 1
+    finally:
+        manager.close()
+    assert allocated > 100 and refused > 10, (allocated, refused)
