@@ -199,6 +199,48 @@ def test_mig_claim_creates_its_device_and_pod_deletion_destroys_it(dynamic: Clus
         cluster.delete_namespace(ns)
 
 
+def test_a_plugin_killed_while_its_pod_runs_still_destroys_what_it_made(dynamic: Cluster) -> None:
+    """kill -9 with a created MIG device in use; the new process adopts it from the checkpoint."""
+    cluster = dynamic
+    ns = "dynmig-kill"
+    cluster.delete_namespace(ns)
+    core = cluster.core()
+    cluster.apply(mig_pod(ns))
+    try:
+
+        def running() -> Any:
+            p = core.read_namespaced_pod_status("mig", ns)
+            return p if p.status.phase == "Running" else None
+
+        pod = wait_for(f"{ns}/mig Running", running, 120, 0.5)
+        (device,) = cluster.pod_devices(pod)["ctr"]
+        before = node_migs(cluster)
+        assert set(before) == {device}, before
+        published = cluster.devices()
+        cluster.kill_plugin()
+        t0 = time.monotonic()
+        cluster.start_plugin()
+        # Back with the same slices: the device in use stays the abstract placement.
+        cluster.wait_slices(timeout=90)
+        wait_for("the slices as before the kill", lambda: cluster.devices() == published, 60, 0.5)
+        back = time.monotonic() - t0
+        assert node_migs(cluster) == before, "the restart changed the MIG layout"
+        t1 = time.monotonic()
+        core.delete_namespaced_pod("mig", ns, grace_period_seconds=0)
+        wait_for(
+            f"{device} destroyed by the restarted plugin", lambda: not node_migs(cluster), 120, 0.5
+        )
+        SUMMARY.append(
+            f"dynamic MIG: plugin kill -9 while {device} was in use -> slices unchanged "
+            f"{back:.1f}s after the restart; the new process destroyed it "
+            f"{time.monotonic() - t1:.1f}s after the pod's deletion"
+        )
+    finally:
+        if cluster.plugin_pid() is None:
+            cluster.start_plugin()
+        cluster.delete_namespace(ns)
+
+
 def test_gpu_test4_unchanged_gets_what_the_counters_allow(dynamic: Cluster) -> None:
     """NVIDIA's gpu-test4: 4 replicas, each 1g.5gb x2 + 2g.10gb + 3g.20gb of one GPU.
 
