@@ -508,3 +508,13 @@ def plugin_running(cluster: Cluster) -> Iterator[Cluster]:
     yield cluster
     if cluster.plugin_pid() is None:
         cluster.start_plugin()
+
+
+def running_pod(cluster: Cluster, ns: str, name: str, timeout: float = 120) -> Any:
+    """The pod once it is Running (the test fails after timeout)."""
+
+    def probe() -> Any:
+        p = cluster.core().read_namespaced_pod(name, ns)
+        return p if p.status.phase == "Running" else None
+
+    return wait_for(f"{ns}/{name} Running", probe, timeout, 0.5)

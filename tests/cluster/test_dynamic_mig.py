@@ -36,6 +36,7 @@ from .conftest import (
     claim_pod,
     env_name,
     health_by_device,
+    running_pod,
     wait_for,
 )
 from .test_quickstart import load, logged_devices
@@ -140,12 +141,7 @@ def test_mig_claim_creates_its_device_and_pod_deletion_destroys_it(dynamic: Clus
     t0 = time.monotonic()
     cluster.apply(mig_pod(ns))
     try:
-
-        def running() -> Any:
-            p = core.read_namespaced_pod_status("mig", ns)
-            return p if p.status.phase == "Running" else None
-
-        pod = wait_for(f"{ns}/mig Running", running, 120, 0.5)
+        pod = running_pod(cluster, ns, "mig")
         to_running = time.monotonic() - t0
         (device,) = cluster.pod_devices(pod)["ctr"]
         assert MIG_NAME.fullmatch(device), device
@@ -207,12 +203,7 @@ def test_a_plugin_killed_while_its_pod_runs_still_destroys_what_it_made(dynamic:
     core = cluster.core()
     cluster.apply(mig_pod(ns))
     try:
-
-        def running() -> Any:
-            p = core.read_namespaced_pod_status("mig", ns)
-            return p if p.status.phase == "Running" else None
-
-        pod = wait_for(f"{ns}/mig Running", running, 120, 0.5)
+        pod = running_pod(cluster, ns, "mig")
         (device,) = cluster.pod_devices(pod)["ctr"]
         before = node_migs(cluster)
         assert set(before) == {device}, before

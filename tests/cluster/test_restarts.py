@@ -15,20 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .conftest import SUMMARY, Cluster, claim_pod, env_name, wait_for
+from .conftest import SUMMARY, Cluster, claim_pod, env_name, running_pod, wait_for
 
 
 def namespace(cluster: Cluster, ns: str) -> None:
     cluster.delete_namespace(ns)
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}])
-
-
-def running_pod(cluster: Cluster, ns: str, name: str, timeout: float = 120) -> Any:
-    def probe() -> Any:
-        p = cluster.core().read_namespaced_pod(name, ns)
-        return p if p.status.phase == "Running" else None
-
-    return wait_for(f"{ns}/{name} Running", probe, timeout, 0.5)
 
 
 def claim_uid(cluster: Cluster, pod: Any) -> tuple[str, str]:
