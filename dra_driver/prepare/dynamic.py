@@ -34,7 +34,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..inventory import Device, DeviceType, Gpu, Inventory, MigPlacement, mig_device_name
-from ..nvml.errors import NvmlError
+from ..nvml.errors import (
+    NvmlDeadlineError,
+    NvmlError,
+    NvmlInsufficientResourcesError,
+    NvmlNoPermissionError,
+    NvmlNotSupportedError,
+)
 from ..nvml.migops import CreatedMig, MigManager
 from ..nvml.types import MigProfile
 from .checkpoint import ClaimRecord, DeviceRecord
@@ -91,6 +97,36 @@ def needs_create(device: Device) -> bool:
         and device.mig is not None
         and (device.mig.gpu_instance_id == NOT_CREATED)
     )
+
+
+_CREATE_HINTS: tuple[tuple[type[NvmlError], str], ...] = (
+    (
+        NvmlInsufficientResourcesError,
+        "the placement is already in use on the GPU (a MIG device made outside this driver "
+        "since the slices were published?); the next inventory read publishes it",
+    ),
+    (
+        NvmlNoPermissionError,
+        "creating MIG devices needs root with CAP_SYS_ADMIN in the plugin's container "
+        "(the chart runs it privileged)",
+    ),
+    (
+        NvmlNotSupportedError,
+        "this GPU or driver cannot create MIG devices here (MIG mode off, a vGPU or a "
+        "passthrough GPU?)",
+    ),
+    (
+        NvmlDeadlineError,
+        "NVML did not answer within --mig-deadline: the GPU is taken for hung; the claim's "
+        "record keeps the placement, so an instance NVML makes after all is destroyed at "
+        "unprepare or the next start",
+    ),
+)
+
+
+def create_hint(e: NvmlError) -> str:
+    """What a failed create most likely means, for the claim's error (empty if unknown)."""
+    return next((hint for kind, hint in _CREATE_HINTS if isinstance(e, kind)), "")
 
 
 def error_name(e: NvmlError) -> str:

@@ -67,7 +67,15 @@ from .checkpoint import (
 )
 from .config import base_request
 from .crashpoints import CrashPoints
-from .dynamic import MigLayout, MigObserver, MigStats, needs_create, with_created, with_intent
+from .dynamic import (
+    MigLayout,
+    MigObserver,
+    MigStats,
+    create_hint,
+    needs_create,
+    with_created,
+    with_intent,
+)
 from .files import fsync_dir
 from .locks import InstanceRegistry, KeyedLocks
 from .options import PreparerConfig
@@ -473,8 +481,10 @@ class ClaimPreparer:
                     try:
                         real = migs.create(p.device)
                     except NvmlError as e:
+                        hint = create_hint(e)
                         raise ClaimError(
-                            f"request {p.request!r}: creating MIG device {p.device.name}: {e}",
+                            f"request {p.request!r}: creating MIG device {p.device.name}: {e}"
+                            + (f"; {hint}" if hint else ""),
                             ErrorKind.NVML,
                         ) from e
                     made[p.device.name] = replace(p, device=real)

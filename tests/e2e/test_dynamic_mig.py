@@ -285,6 +285,7 @@ async def test_a_failed_device_rolls_back_the_instances_the_claim_made(node_fact
     async with DraClient(plugin.dra_socket) as dra:
         resp = await dra.prepare([ref])
         assert "Insufficient resources" in resp.claims[ref.uid].error
+        assert "the placement is already in use" in resp.claims[ref.uid].error
     assert node.migs() == {} and node.checkpoint() == {}
     # An overlapping second claim for a created placement is refused by NVML, cleanly.
     fakenvml.FaultInjector(node.topology, node.fault_log).release()

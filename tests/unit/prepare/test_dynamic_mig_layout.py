@@ -179,3 +179,14 @@ def test_created_devices_are_left_out_of_the_published_inventory(
     published = without_created(inv, frozenset(), placements)
     assert {d.uuid for d in published.gpus[0].mig_devices} == {operator.uuid}
     assert ours.uuid not in {d.uuid for d in published.devices}
+
+
+def test_a_failed_create_says_what_it_most_likely_means() -> None:
+    from dra_driver.nvml import errors
+    from dra_driver.prepare.dynamic import create_hint
+
+    assert "already in use" in create_hint(errors.NvmlInsufficientResourcesError(23))
+    assert "CAP_SYS_ADMIN" in create_hint(errors.NvmlNoPermissionError(4))
+    assert "cannot create MIG devices" in create_hint(errors.NvmlNotSupportedError(3))
+    assert "--mig-deadline" in create_hint(errors.NvmlDeadlineError(10))
+    assert create_hint(errors.NvmlError(999)) == ""
