@@ -469,12 +469,29 @@ class ClaimPreparer:
                 for d, p in zip(record.devices, plans, strict=True)
             ),
         )
-        existing = self._store.update(lambda claims: self._reserve(claims, record), durable=False)
+        earlier: list[ClaimRecord] = []
+
+        def reserve(claims: dict[str, ClaimRecord]) -> tuple[ClaimRecord | None, bool]:
+            prior = claims.get(record.uid)
+            if (
+                prior is not None
+                and prior.state is ClaimState.STARTED
+                and (
+                    prior.instance == self._instances.id
+                    or not self._instances.is_alive(prior.instance)
+                )
+            ):
+                earlier.append(prior)  # an attempt that failed and could not clean up
+            return self._reserve(claims, record)
+
+        existing = self._store.update(reserve, durable=False)
         if existing is not None:
             return _answer(existing)
         self._crash.crash("after-started")
         made: dict[str, Planned] = {}
         try:
+            for prior in earlier:
+                self._clear_earlier_attempt(prior, migs)
             ready = []
             for p in plans:
                 if needs_create(p.device) and p.device.name not in made:
@@ -521,6 +538,18 @@ class ClaimPreparer:
                 ) from e
             raise
         return _answer(done)
+
+    def _clear_earlier_attempt(self, prior: ClaimRecord, migs: MigLayout) -> None:
+        """Destroy what an earlier, failed attempt of this claim made (a create it gave up
+        on may have finished since): else its instance holds the placement this attempt
+        needs and the kubelet's retry fails once more for nothing."""
+        failed = migs.destroy_devices(prior.devices)
+        if failed:
+            raise ClaimError(
+                "an earlier attempt of this claim left MIG devices that cannot be destroyed "
+                f"yet: {'; '.join(failed)}",
+                ErrorKind.NVML,
+            )
 
     def _discard(self, staging: Future[StagedSpec]) -> None:
         """Remove a staged spec that will not be committed (no-op once committed)."""
