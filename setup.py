@@ -11,11 +11,13 @@ import sys
 from setuptools import Extension, setup
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "native"))
-from nvml_headers import include_dir  # noqa: E402
-from toolchain import missing_toolchain  # noqa: E402
+from nvml_headers import include_dir
+from toolchain import missing_toolchain
 
-if any(cmd in sys.argv for cmd in ("build_ext", "build", "bdist_wheel", "install", "develop",
-                                   "editable_wheel")):
+if any(
+    cmd in sys.argv
+    for cmd in ("build_ext", "build", "bdist_wheel", "install", "develop", "editable_wheel")
+):
     problem = missing_toolchain()
     if problem:
         sys.exit(f"error: {problem}")
@@ -24,7 +26,7 @@ fake_nvml = Extension(
     # Not a Python module: a plain shared library exporting the NVML C ABI,
     # built through setuptools so `pip install` places it inside the package.
     "dra_driver.testing._fakenvml",
-    sources=sorted(glob.glob("native/fakenvml/*.c")) + ["native/third_party/cjson/cJSON.c"],
+    sources=[*sorted(glob.glob("native/fakenvml/*.c")), "native/third_party/cjson/cJSON.c"],
     include_dirs=[include_dir(), "native/fakenvml", "native/third_party/cjson"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-fvisibility=default"],
     extra_link_args=["-Wl,-soname,libnvidia-ml.so.1", "-lpthread"],

@@ -40,9 +40,13 @@ def _tool(name: str) -> str:
     return found
 
 
+# Every Python file the project tracks: the package, its tests, the build and the tools.
+PYTHON_PATHS = ("dra_driver", "tests", "setup.py", "native", "hack")
+
+
 def test_ruff_clean() -> None:
     res = subprocess.run(
-        [_tool("ruff"), "check", "dra_driver", "tests"],
+        [_tool("ruff"), "check", *PYTHON_PATHS],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -53,7 +57,7 @@ def test_ruff_clean() -> None:
 def test_ruff_format_clean() -> None:
     """One layout everywhere: a diff is never about formatting."""
     res = subprocess.run(
-        [_tool("ruff"), "format", "--check", "dra_driver", "tests"],
+        [_tool("ruff"), "format", "--check", *PYTHON_PATHS],
         cwd=ROOT,
         capture_output=True,
         text=True,
