@@ -171,21 +171,13 @@ def _partitionable_gpu(
     abstract MIG device is one (profile, placement) and consumes its profile's
     engines and memory plus exactly the memory slices of its placement.
 
-    Until dynamic MIG exists, only devices prepare can serve are published:
-    the full GPU when it is one (not in MIG mode), and the (profile,
-    placement) devices the GPU already has. The counters stay complete, so
-    adding dynamic MIG later changes which devices appear, not the accounting.
+    Without dynamic MIG, only devices prepare can serve are published: the
+    full GPU when it is one (not in MIG mode), and the (profile, placement)
+    devices the GPU already has. The counters are the same complete set as
+    under dynamic MIG, which changes which devices appear, not the accounting.
     """
     set_name = counter_set_name(gpu)
-    totals: dict[str, int] = {}
-    slices = 0
-    for p in gpu.mig_profiles:
-        for k, v in _profile_capacities(p, 0, 0).items():
-            totals[k] = max(totals.get(k, 0), v)
-        for start, size in p.placements:
-            slices = max(slices, start + size)
-    for i in range(slices):
-        totals[f"memorySlice{i}"] = 1
+    totals = _counter_totals(gpu)
     counter_set = {"name": set_name, "counters": _counters(totals)}
     devices = []
     attrs, memory = _full_gpu_device(gpu, inventory)
@@ -205,24 +197,38 @@ def _partitionable_gpu(
         for start, size in p.placements:
             name = mig_device_name(gpu.minor, p.name, p.profile_id, start)
             if inventory.device(name) is None:
-                continue  # would need creating a MIG device: dynamic MIG, not yet
-            mig_attrs: dict[str, AttributeValue] = {
-                "type": DeviceType.MIG.value,
-                "parentUUID": gpu.uuid,
-                "profile": p.name,
-            }
-            mig_attrs.update(gpu.common_attributes)
+                continue  # would need creating a MIG device: only with dynamic MIG
             caps = _profile_capacities(p, start, size)
-            devices.append(
-                _device_json(
-                    name,
-                    mig_attrs,
-                    caps,
-                    _taints_for(taints, name, gpu.name),
-                    [{"counterSet": set_name, "counters": _counters(caps)}],
-                )
-            )
+            devices.append(_mig_consumer(name, _abstract_mig_attributes(gpu, p), caps, taints, gpu))
     return counter_set, devices
+
+
+def _abstract_mig_attributes(gpu: Gpu, profile: MigProfile) -> dict[str, AttributeValue]:
+    """A (profile, placement) device's attributes: what is known before it exists."""
+    attrs: dict[str, AttributeValue] = {
+        "type": DeviceType.MIG.value,
+        "parentUUID": gpu.uuid,
+        "profile": profile.name,
+    }
+    attrs.update(gpu.common_attributes)
+    return attrs
+
+
+def _mig_consumer(
+    name: str,
+    attrs: Mapping[str, AttributeValue],
+    caps: Mapping[str, int],
+    taints: Taints,
+    gpu: Gpu,
+) -> dict[str, Any]:
+    """A MIG device that consumes its capacities from its parent GPU's counter set."""
+    return _device_json(
+        name,
+        attrs,
+        caps,
+        _taints_for(taints, name, gpu.name),
+        [{"counterSet": counter_set_name(gpu), "counters": _counters(caps)}],
+    )
 
 
 def _counter_totals(gpu: Gpu) -> dict[str, int]:
@@ -264,34 +270,16 @@ def _dynamic_mig_gpu(
             name = mig_device_name(gpu.minor, p.name, p.profile_id, start)
             caps = _profile_capacities(p, start, size)
             found = existing.get(name)
-            attrs: dict[str, AttributeValue]
+            attrs: Mapping[str, AttributeValue]
             if found is not None and found.uuid not in created:
-                attrs = dict(found.attributes)
+                attrs = found.attributes
             else:
-                attrs = {"type": DeviceType.MIG.value, "parentUUID": gpu.uuid, "profile": p.name}
-                attrs.update(gpu.common_attributes)
-            devices.append(
-                _device_json(
-                    name,
-                    attrs,
-                    caps,
-                    _taints_for(taints, name, gpu.name),
-                    [{"counterSet": set_name, "counters": _counters(caps)}],
-                )
-            )
+                attrs = _abstract_mig_attributes(gpu, p)
+            devices.append(_mig_consumer(name, attrs, caps, taints, gpu))
             published.add(name)
     for name, found in existing.items():  # an operator's device at no offered placement
         if name not in published:
-            caps = dict(found.capacities)
-            devices.append(
-                _device_json(
-                    name,
-                    found.attributes,
-                    caps,
-                    _taints_for(taints, name, gpu.name),
-                    [{"counterSet": set_name, "counters": _counters(caps)}],
-                )
-            )
+            devices.append(_mig_consumer(name, found.attributes, found.capacities, taints, gpu))
     return {"name": set_name, "counters": _counters(totals)}, devices
 
 
