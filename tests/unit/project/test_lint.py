@@ -40,48 +40,32 @@ def _tool(name: str) -> str:
     return found
 
 
+def _run_tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_tool(name), *args], cwd=ROOT, capture_output=True, text=True)
+
+
 # Every Python file the project tracks: the package, its tests, the build and the tools.
 PYTHON_PATHS = ("dra_driver", "tests", "setup.py", "native", "hack")
 
 
 def test_ruff_clean() -> None:
-    res = subprocess.run(
-        [_tool("ruff"), "check", *PYTHON_PATHS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    res = _run_tool("ruff", "check", *PYTHON_PATHS)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_ruff_format_clean() -> None:
     """One layout everywhere: a diff is never about formatting."""
-    res = subprocess.run(
-        [_tool("ruff"), "format", "--check", *PYTHON_PATHS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    res = _run_tool("ruff", "format", "--check", *PYTHON_PATHS)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_mypy_strict_clean() -> None:
-    res = subprocess.run(
-        [_tool("mypy"), "dra_driver"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    res = _run_tool("mypy", "dra_driver")
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_import_contracts_hold() -> None:
-    res = subprocess.run(
-        [_tool("lint-imports"), "--no-cache"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    res = _run_tool("lint-imports", "--no-cache")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "0 broken" in res.stdout, res.stdout
 
