@@ -115,6 +115,26 @@ def gpu_device_name(minor: int) -> str:
     return f"gpu-{minor}"
 
 
+def mig_capacities(engines: MigProfile | MigRecord, start: int, size: int) -> dict[str, int]:
+    """A MIG device's capacities: its engines and memory, and the memory slices it covers.
+
+    The same for a device that exists (MigRecord) and one a profile would make
+    at that placement (MigProfile), so both publish and consume alike.
+    """
+    caps = {
+        "multiprocessors": engines.multiprocessors,
+        "copyEngines": engines.copy_engines,
+        "decoders": engines.decoders,
+        "encoders": engines.encoders,
+        "jpegEngines": engines.jpeg_engines,
+        "ofaEngines": engines.ofa_engines,
+        "memory": engines.memory_bytes,
+    }
+    for i in range(start, start + size):
+        caps[f"memorySlice{i}"] = 1
+    return caps
+
+
 def mig_device_name(parent_minor: int, profile_name: str, gi_profile_id: int, start: int) -> str:
     return f"gpu-{parent_minor}-mig-{mig_profile_token(profile_name)}-{gi_profile_id}-{start}"
 
@@ -238,17 +258,7 @@ def _mig_device(gpu: GpuRecord, mig: MigRecord, common: Mapping[str, AttributeVa
         "profile": mig.profile_name,
     }
     attrs.update(common)
-    caps = {
-        "multiprocessors": mig.multiprocessors,
-        "copyEngines": mig.copy_engines,
-        "decoders": mig.decoders,
-        "encoders": mig.encoders,
-        "jpegEngines": mig.jpeg_engines,
-        "ofaEngines": mig.ofa_engines,
-        "memory": mig.memory_bytes,
-    }
-    for i in range(mig.placement_start, mig.placement_start + mig.placement_size):
-        caps[f"memorySlice{i}"] = 1
+    caps = mig_capacities(mig, mig.placement_start, mig.placement_size)
     return Device(
         name=mig_device_name(gpu.minor, mig.profile_name, mig.gi_profile_id, mig.placement_start),
         type=DeviceType.MIG,

@@ -33,7 +33,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from ..inventory import Device, DeviceType, Gpu, Inventory, MigPlacement, mig_device_name
+from ..inventory import (
+    Device,
+    DeviceType,
+    Gpu,
+    Inventory,
+    MigPlacement,
+    mig_capacities,
+    mig_device_name,
+)
 from ..nvml.errors import (
     NvmlDeadlineError,
     NvmlError,
@@ -141,17 +149,7 @@ def _device(offer: _Offer, uuid: str, gi: int, ci: int) -> Device:
         attrs["uuid"] = uuid
     attrs.update(parentUUID=gpu.uuid, profile=p.name)
     attrs.update(gpu.common_attributes)
-    caps = {
-        "multiprocessors": p.multiprocessors,
-        "copyEngines": p.copy_engines,
-        "decoders": p.decoders,
-        "encoders": p.encoders,
-        "jpegEngines": p.jpeg_engines,
-        "ofaEngines": p.ofa_engines,
-        "memory": p.memory_bytes,
-    }
-    for i in range(offer.start, offer.start + offer.size):
-        caps[f"memorySlice{i}"] = 1
+    caps = mig_capacities(p, offer.start, offer.size)
     return Device(
         name=mig_device_name(gpu.minor, p.name, p.profile_id, offer.start),
         type=DeviceType.MIG,

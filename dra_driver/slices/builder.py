@@ -29,6 +29,7 @@ from ..inventory import (
     Inventory,
     Version,
     gpu_device_name,
+    mig_capacities,
     mig_device_name,
 )
 from ..nvml.types import MigProfile
@@ -138,21 +139,6 @@ def _full_gpu_device(
     return attrs, gpu.memory_bytes
 
 
-def _profile_capacities(profile: MigProfile, start: int, size: int) -> dict[str, int]:
-    caps = {
-        "multiprocessors": profile.multiprocessors,
-        "copyEngines": profile.copy_engines,
-        "decoders": profile.decoders,
-        "encoders": profile.encoders,
-        "jpegEngines": profile.jpeg_engines,
-        "ofaEngines": profile.ofa_engines,
-        "memory": profile.memory_bytes,
-    }
-    for i in range(start, start + size):
-        caps[f"memorySlice{i}"] = 1
-    return caps
-
-
 def _counters(caps: Mapping[str, int]) -> dict[str, Any]:
     return {
         counter_name(k): {"value": format_quantity(v, binary=k in _BYTE_CAPACITIES)}
@@ -198,7 +184,7 @@ def _partitionable_gpu(
             name = mig_device_name(gpu.minor, p.name, p.profile_id, start)
             if inventory.device(name) is None:
                 continue  # would need creating a MIG device: only with dynamic MIG
-            caps = _profile_capacities(p, start, size)
+            caps = mig_capacities(p, start, size)
             devices.append(_mig_consumer(name, _abstract_mig_attributes(gpu, p), caps, taints, gpu))
     return counter_set, devices
 
@@ -236,7 +222,7 @@ def _counter_totals(gpu: Gpu) -> dict[str, int]:
     totals: dict[str, int] = {}
     slices = 0
     for p in gpu.mig_profiles:
-        for k, v in _profile_capacities(p, 0, 0).items():
+        for k, v in mig_capacities(p, 0, 0).items():
             totals[k] = max(totals.get(k, 0), v)
         for start, size in p.placements:
             slices = max(slices, start + size)
@@ -268,7 +254,7 @@ def _dynamic_mig_gpu(
     for p in gpu.mig_profiles:
         for start, size in p.placements:
             name = mig_device_name(gpu.minor, p.name, p.profile_id, start)
-            caps = _profile_capacities(p, start, size)
+            caps = mig_capacities(p, start, size)
             found = existing.get(name)
             attrs: Mapping[str, AttributeValue]
             if found is not None and found.uuid not in created:
