@@ -500,6 +500,21 @@ static nvmlReturn_t ci_profile(nvmlGpuInstance_t gpuInstance, unsigned int profi
     return profile == ci_profile_of(*out) ? NVML_SUCCESS : NVML_ERROR_NOT_SUPPORTED;
 }
 
+/* The fields nvmlComputeInstanceProfileInfo_t and its _v2 share (distinct C types):
+ * the one compute instance covering a whole GPU instance of profile p. */
+#define FILL_CI_PROFILE(info, profile_id, p)                                                  \
+    do {                                                                                      \
+        (info)->id = (profile_id);                                                            \
+        (info)->sliceCount = (p)->slice_count;                                                \
+        (info)->instanceCount = 1;                                                            \
+        (info)->multiprocessorCount = (p)->multiprocessors;                                   \
+        (info)->sharedCopyEngineCount = (p)->copy_engines;                                    \
+        (info)->sharedDecoderCount = (p)->decoders;                                           \
+        (info)->sharedEncoderCount = (p)->encoders;                                           \
+        (info)->sharedJpegCount = (p)->jpegs;                                                 \
+        (info)->sharedOfaCount = (p)->ofas;                                                   \
+    } while (0)
+
 FAKE_API(nvmlGpuInstanceGetComputeInstanceProfileInfo,
          (nvmlGpuInstance_t gpuInstance, unsigned int profile, unsigned int engProfile,
           nvmlComputeInstanceProfileInfo_t *info),
@@ -508,15 +523,7 @@ FAKE_API(nvmlGpuInstanceGetComputeInstanceProfileInfo,
     nvmlReturn_t rc = ci_profile(gpuInstance, profile, engProfile, &p);
     if (rc != NVML_SUCCESS) return rc;
     if (info == NULL) return NVML_ERROR_INVALID_ARGUMENT;
-    info->id = profile;
-    info->sliceCount = p->slice_count;
-    info->instanceCount = 1;
-    info->multiprocessorCount = p->multiprocessors;
-    info->sharedCopyEngineCount = p->copy_engines;
-    info->sharedDecoderCount = p->decoders;
-    info->sharedEncoderCount = p->encoders;
-    info->sharedJpegCount = p->jpegs;
-    info->sharedOfaCount = p->ofas;
+    FILL_CI_PROFILE(info, profile, p);
     return NVML_SUCCESS;
 }
 
@@ -529,15 +536,7 @@ FAKE_API(nvmlGpuInstanceGetComputeInstanceProfileInfoV,
     if (rc != NVML_SUCCESS) return rc;
     if (info == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     if (info->version != nvmlComputeInstanceProfileInfo_v2) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
-    info->id = profile;
-    info->sliceCount = p->slice_count;
-    info->instanceCount = 1;
-    info->multiprocessorCount = p->multiprocessors;
-    info->sharedCopyEngineCount = p->copy_engines;
-    info->sharedDecoderCount = p->decoders;
-    info->sharedEncoderCount = p->encoders;
-    info->sharedJpegCount = p->jpegs;
-    info->sharedOfaCount = p->ofas;
+    FILL_CI_PROFILE(info, profile, p);
     snprintf(info->name, sizeof info->name, "%s", p->name);
     return NVML_SUCCESS;
 }
