@@ -8,6 +8,10 @@ installs the package and so must have it: there a missing library fails.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +33,11 @@ def fake_nvml() -> str:
     except fakenvml.FakeNvmlError as e:
         unavailable(f"fake NVML not available: {e}")
         raise
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A fresh directory under /tmp: unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="dra-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -4,10 +4,8 @@ last_updated_time is the time of each device's last successful check."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +20,6 @@ from dra_driver.kubelet.stubs import add_health_v1, add_health_v1alpha1
 from dra_driver.testing.kubelet import DraClient
 
 DEVICES = ["gpu-0", "gpu-1"]
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="hv-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -67,13 +65,6 @@ class FakePreparer:
     async def unprepare(self, claims: Sequence[ClaimRef]) -> dict[str, UnprepareResult]:
         self.unprepare_calls.append(list(claims))
         return {c.uid: UnprepareResult(error="busy" if c.name == "bad" else "") for c in claims}
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kd-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -20,13 +18,6 @@ from dra_driver.kubelet.stubs import add_health_v1alpha1, health_v1alpha1_stub
 from dra_driver.testing import DraClient
 
 DEVICES = ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kh-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

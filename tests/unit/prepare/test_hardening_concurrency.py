@@ -10,11 +10,9 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +98,6 @@ async def test_cached_prepare_and_unprepare_do_not_wait_behind_a_hung_api(
     assert gone.error == "" and unprepare_s < 0.5, unprepare_s
     source.release.set()
     await asyncio.gather(*outstanding)
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="hd-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_api_read_ends_at_the_kubelet_deadline_with_a_per_claim_error(
