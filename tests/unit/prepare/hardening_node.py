@@ -58,7 +58,10 @@ class Node:
         return data
 
 
-def make_node(tmp_path: Path, gpus: int = 4, mig_gpus: tuple[int, ...] = (3,)) -> Node:
+def simulated_host(
+    tmp_path: Path, gpus: int = 4, mig_gpus: tuple[int, ...] = (3,)
+) -> tuple[Inventory, SimHost, PreparerConfig]:
+    """An inventory, its host tree under tmp_path and a preparer config pointing at both."""
     inv = make_inventory(gpus, mig_gpus)
     host = populate_host(tmp_path / "host", inv)
     settings = PreparerConfig(
@@ -70,6 +73,11 @@ def make_node(tmp_path: Path, gpus: int = 4, mig_gpus: tuple[int, ...] = (3,)) -
         proc_root=host.proc_root,
         driver_root=host.driver_root,
     )
+    return inv, host, settings
+
+
+def make_node(tmp_path: Path, gpus: int = 4, mig_gpus: tuple[int, ...] = (3,)) -> Node:
+    inv, host, settings = simulated_host(tmp_path, gpus, mig_gpus)
     return Node(host, settings, inv, MemoryClaimSource(), HealthBoard(d.name for d in inv.devices))
 
 

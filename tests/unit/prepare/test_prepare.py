@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hardening_node import simulated_host
 
 from dra_driver.health.board import DeviceHealth, Health, HealthBoard
 from dra_driver.inventory import Inventory
@@ -34,9 +35,7 @@ from dra_driver.testing.simhost import (
     SimHost,
     claim_object,
     claim_uid,
-    make_inventory,
     make_snapshot,
-    populate_host,
 )
 
 NODE = "node-1"
@@ -108,17 +107,7 @@ class Node:
 
 
 def make_node(tmp_path: Path, gpus: int = 4, mig_gpus: tuple[int, ...] = (3,)) -> Node:
-    inv = make_inventory(gpus, mig_gpus)
-    host = populate_host(tmp_path / "host", inv)
-    settings = PreparerConfig(
-        driver_name="gpu.nvidia.com",
-        pool_name=NODE,
-        state_dir=tmp_path / "plugins" / "gpu.nvidia.com",
-        cdi_root=tmp_path / "cdi",
-        dev_root=host.dev_root,
-        proc_root=host.proc_root,
-        driver_root=host.driver_root,
-    )
+    inv, host, settings = simulated_host(tmp_path, gpus, mig_gpus)
     return Node(
         host,
         settings,
