@@ -6,7 +6,10 @@ environment (no inherited driver settings, no API server unless a test passes
 --kubeconfig), and returns the PluginProcess with the paths, pid, log and stop().
 Fixtures:
 - plugin_factory: function-scoped; everything it started is stopped at teardown;
-- module_plugin_factory: the same for a module, to share one process across tests.
+- module_plugin_factory: the same for a module, to share one process across tests;
+- api: an API server double with this node's Node object (modules that share one
+  across their tests override it with a module-scoped one);
+- root: a short directory for a plugin's sockets and state.
 
 Environment knobs: DRA_E2E_NVML_BACKEND (default "auto": the cffi fast path if
 built, else nvidia-ml-py).
@@ -26,6 +29,7 @@ import pytest
 from dra_driver.inventory import Inventory
 from dra_driver.settings import Settings
 from dra_driver.testing import PluginProcess
+from dra_driver.testing.apiserver import ApiServerDouble
 
 __all__ = ["DRIVER_NAME", "NODE_NAME", "PluginFactory", "PluginProcess", "start_plugin"]
 
@@ -136,3 +140,15 @@ def inventory() -> Iterator[Inventory]:
             else:
                 os.environ[k] = v
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def api() -> Iterator[ApiServerDouble]:
+    with ApiServerDouble() as server:
+        server.create_node(NODE_NAME)
+        yield server
+
+
+@pytest.fixture
+def root(short_dir: Path) -> Path:
+    return short_dir

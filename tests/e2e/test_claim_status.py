@@ -8,10 +8,8 @@ server that refuses every status write never fails a prepare.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +40,6 @@ OTHER = {
         }
     ],
 }
-
-
-@pytest.fixture
-def api() -> Iterator[ApiServerDouble]:
-    with ApiServerDouble() as server:
-        server.create_node(NODE_NAME)
-        yield server
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="dra-e2e-cs-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def start(

@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from dra_driver import settings as settings_mod
 from dra_driver.inventory import Inventory
@@ -43,13 +38,6 @@ NVIDIA_CHECKPOINT = b'{"checksum":1234,"data":"{\\"v1\\":{\\"preparedClaims\\":{
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="dra-e2e-deploy-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_modes_state_dir_and_host_paths_under_umask_000(

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,11 +26,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
+def root(short_dir: Path) -> Path:
     fake_nvml_library()  # skips (or fails under CI) without the fake library
-    path = Path(tempfile.mkdtemp(prefix="dra-e2e-pp-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    return short_dir
 
 
 def test_the_child_ignores_what_the_callers_shell_exports(

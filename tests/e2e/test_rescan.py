@@ -13,10 +13,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +34,6 @@ pytestmark = pytest.mark.timeout(90)
 
 TOPOLOGY = load_topology("small")
 FAST = ["--rescan-interval=0.2", "--health-poll-interval=0.1", "--health-hold=60"]
-
-
-@pytest.fixture
-def api() -> Iterator[ApiServerDouble]:
-    with ApiServerDouble() as server:
-        server.create_node(NODE_NAME)
-        yield server
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="dra-e2e-rs-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def faults_of(root: Path) -> FaultInjector:
